@@ -1,0 +1,233 @@
+"""Configuration: TOML validated at load into typed, frozen models.
+
+Every error names the file and the key path (e.g. `services[0].slo.tpot_p99_ms`)
+and, where the set is closed, the allowed values. Unknown keys are errors: a
+typo in a budget cap must not silently mean "no cap".
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.domain import BucketGrid
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file and key."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegFloat = Annotated[float, Field(ge=0)]
+
+
+class StoreConfig(_Model):
+    url: str = "sqlite:///fleet.db"
+    auto_upgrade: bool = True  # fleetd migrates at start under a lock; false = refuse if behind
+
+
+class LoopConfig(_Model):
+    tick_interval_s: PositiveFloat = 60.0
+    window_s: PositiveFloat = 60.0  # length of one observed demand window
+    lead_time_s: NonNegFloat = 300.0  # provisioning lead: a launch now serves this much later
+    history_s: PositiveFloat = 3600.0  # how much demand history the forecast reads each tick
+    misfire_grace_s: PositiveFloat = 30.0
+
+    @property
+    def horizon_s(self) -> float:
+        """The fleet planned now must fit demand at tick + lead time (issue: forecast horizon)."""
+        return self.tick_interval_s + self.lead_time_s
+
+
+class BucketConfig(_Model):
+    input_edges: list[int] = [0, 256, 1024, 4096, 16384]
+    output_edges: list[int] = [0, 64, 256, 1024, 4096]
+
+    @model_validator(mode="after")
+    def _valid(self) -> "BucketConfig":
+        BucketGrid(tuple(self.input_edges), tuple(self.output_edges))
+        return self
+
+    def grid(self) -> BucketGrid:
+        return BucketGrid(tuple(self.input_edges), tuple(self.output_edges))
+
+
+class SimulatedProviderConfig(_Model):
+    seed: int = 7
+    offerings_file: str | None = None  # CSV like providers/data/offerings.csv; default: bundled
+    clouds: list[str] = []  # empty = all in the offerings table
+    launch_latency_s: tuple[NonNegFloat, NonNegFloat] = (120.0, 300.0)  # uniform [min, max]
+    stockout_probability: Annotated[float, Field(ge=0, le=1)] = 0.02
+    launch_failure_probability: Annotated[float, Field(ge=0, le=1)] = 0.01
+    spot_preemptions_per_hour: NonNegFloat = 0.02  # per-zone hazard of a zone-wide spot loss
+    spot_trace_dir: str | None = None  # replay availability traces (see providers/spot_traces.py)
+    spot_trace_offset_s: NonNegFloat = 0.0
+
+    @field_validator("launch_latency_s")
+    @classmethod
+    def _ordered(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] > v[1]:
+            raise ValueError("min must not exceed max")
+        return v
+
+
+class SkyPilotProviderConfig(_Model):
+    clouds: list[str] = ["aws", "gcp", "azure", "lambda"]
+    regions: list[str] = []
+    cluster_prefix: str = "fleet"
+    catalog_refresh_s: PositiveFloat = 3600.0
+    market_cooldown_s: NonNegFloat = 600.0
+    health_path: str = "/health"
+    serve_port: int = 8000
+    setup: str = ""
+    run: str = "python -m vllm.entrypoints.openai.api_server --model {model} --port {port}"
+    envs: dict[str, str] = {}
+    orphans: Literal["adopt", "terminate"] = "terminate"
+
+
+class ProviderConfig(_Model):
+    kind: Literal["simulated", "skypilot"] = "simulated"
+    simulated: SimulatedProviderConfig = SimulatedProviderConfig()
+    skypilot: SkyPilotProviderConfig = SkyPilotProviderConfig()
+
+
+class SloConfig(_Model):
+    ttft_p99_s: PositiveFloat = 2.0
+    tpot_p99_ms: PositiveFloat = 120.0
+
+
+class DemandSourceConfig(_Model):
+    source: Literal["demo", "trace"] = "demo"
+    path: str | None = None  # request log (CSV/JSONL, .xz/.gz ok) when source = "trace"
+    format: Literal["auto", "azure", "jsonl", "csv"] = "auto"
+    on_bad_row: Literal["skip", "reject"] = "skip"
+    speedup: PositiveFloat = 1.0  # live replay of a trace: trace seconds per wall second
+    demo_days: PositiveFloat = 3.0
+    demo_mean_rps: PositiveFloat = 4.0
+    demo_seed: int = 11
+
+    @model_validator(mode="after")
+    def _path_for_trace(self) -> "DemandSourceConfig":
+        if self.source == "trace" and not self.path:
+            raise ValueError("path is required when source = 'trace'")
+        return self
+
+
+class ServiceConfig(_Model):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")]
+    model: str = "meta-llama/Llama-2-7b-hf"
+    gpus: list[str] = ["A10G", "L4", "A100-80GB", "H100"]  # allowed GPU types
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    slo: SloConfig = SloConfig()
+    demand: DemandSourceConfig = DemandSourceConfig()
+
+
+class CapacityEntry(_Model):
+    """MaxTput table of one (model, GPU shape): rows = input buckets, columns = output buckets."""
+
+    model: str
+    gpu: str
+    gpu_count: Annotated[int, Field(ge=1)] = 1
+    tputs: list[list[NonNegFloat]]
+    source: str = "config"
+
+
+class PolicyConfig(_Model):
+    headroom: Annotated[float, Field(ge=0, le=5)] = 0.2
+    spot: bool = True
+    budget_per_hour: PositiveFloat | None = None  # hard cap on the planned fleet's $/h
+    max_launches_per_tick: Annotated[int, Field(ge=0)] = 10
+    max_terminations_per_tick: Annotated[int, Field(ge=0)] = 4
+    drain_s: NonNegFloat = 120.0
+    scale_down_delay_s: NonNegFloat = 1200.0  # SkyServe: scale down only after 1200 s of lower demand
+    dry_run: bool = False  # plan and record, never call the provider
+    paused: bool = False  # plan and record, never act; existing instances stay
+    spot_loss_coverage: Annotated[float, Field(ge=0, le=1)] = 0.8
+    min_on_demand_share: Annotated[float, Field(ge=0, le=1)] = 0.0
+    market_cooldown_s: NonNegFloat = 600.0  # a spot market that failed/preempted gets nothing for this long
+
+
+class Config(_Model):
+    store: StoreConfig = StoreConfig()
+    loop: LoopConfig = LoopConfig()
+    buckets: BucketConfig = BucketConfig()
+    provider: ProviderConfig = ProviderConfig()
+    services: list[ServiceConfig] = Field(default_factory=lambda: [ServiceConfig(name="chat")])
+    policy: PolicyConfig = PolicyConfig()
+    capacity: list[CapacityEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Config":
+        names = [s.name for s in self.services]
+        if len(set(names)) != len(names):
+            raise ValueError(f"service names must be unique, got {names}")
+        if not self.services:
+            raise ValueError("at least one [[services]] entry is required")
+        grid = self.buckets.grid()
+        for k, entry in enumerate(self.capacity):
+            if len(entry.tputs) != grid.n_input or any(len(r) != grid.n_output for r in entry.tputs):
+                raise ValueError(
+                    f"capacity[{k}].tputs must be {grid.n_input} rows x {grid.n_output} columns "
+                    f"(the [buckets] grid), got {len(entry.tputs)} rows"
+                )
+        return self
+
+
+def _loc(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top level>"
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for e in err.errors():
+        loc = _loc(tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-after"))))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif e["type"] == "literal_error":
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load a TOML file; None gives the built-in defaults (equal to config.example.toml)."""
+    if path is None:
+        return default_config()
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse_config(data, str(p))
+
+
+def default_config() -> Config:
+    """The built-in defaults: the same values config.example.toml documents."""
+    from daemon.defaults import DEFAULT_CAPACITY
+
+    return Config(capacity=[CapacityEntry(**c) for c in DEFAULT_CAPACITY])
