@@ -200,6 +200,7 @@ class FleetInstance:
     state: str
     launched_at: datetime | None = None
     ready_at: datetime | None = None
+    drain_until: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,287 @@
+"""One tick of the control loop, top to bottom:
+
+    observe  -> sync from the provider's truth, store new demand windows   (I/O, txn 1)
+    forecast -> demand at the horizon per service                          (pure)
+    plan     -> target fleet and routing table                             (pure)
+    reconcile-> actions, rate-limited and within the dollar cap            (pure)
+    record   -> the decision and every intent, before any effect           (txn 2)
+    apply    -> provider calls; each result recorded as it comes            (I/O)
+    finish   -> the decision's outcome and costs                            (txn 3)
+
+The clock is injected: the same code runs under fleetd in wall time and under
+`fleetctl simulate` in virtual time. A failing step never escapes the tick: it
+is logged, recorded (decision outcome `failed`, an alert) and the next tick runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+import structlog
+
+from daemon.capacity import capacity_table
+from daemon.config import Config
+from daemon.demand.source import DemandSource
+from daemon.domain import CapacityTable, DemandForecast, Offering, Plan
+from daemon.lifecycle import LIVE, TERMINAL, Reason, State
+from daemon.loop.reconcile import Action, ActionKind, reconcile
+from daemon.loop.sync import sync_from_provider
+from daemon.plan import PlanInputs, ServiceDemand, plan
+from daemon.store.repo import Store, cooldown_offerings, fleet_instance, hazard_per_location
+from forecast.baseline import recent_peak
+from providers.base import FailureKind, LaunchError, LaunchRequest, Provider
+
+log = structlog.get_logger("fleet.tick")
+
+_FAILURE_REASON = {
+    FailureKind.NO_CAPACITY: Reason.NO_CAPACITY,
+    FailureKind.QUOTA: Reason.QUOTA,
+}
+
+
+@dataclass
+class Loop:
+    """Everything a tick needs, injected: config, store, provider, demand sources, clock."""
+
+    cfg: Config
+    store: Store
+    provider: Provider
+    sources: dict[str, DemandSource]
+    clock: Callable[[], datetime]
+    capacity: CapacityTable | None = None
+    _offerings: list[Offering] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.capacity is None:
+            self.capacity = capacity_table(self.cfg)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    decision_id: int | None
+    at: datetime
+    outcome: str
+    forecasts: dict[str, DemandForecast]
+    plan: Plan | None
+    actions: tuple[Action, ...]
+    running: dict[tuple[str, str], int]  # (service, pool) -> running replicas after the tick
+    error: str | None = None
+
+
+def _forecast_dict(f: DemandForecast) -> dict:
+    return {"service": f.service, "rate_rps": round(f.rate_rps, 4), "horizon_s": f.horizon_s,
+            "method": f.method, "quantile": f.quantile, "mix": [[round(x, 4) for x in r] for r in f.mix],
+            "details": f.details}
+
+
+def plan_dict(p: Plan) -> dict:
+    return {
+        "status": p.status, "solver": p.solver, "cost_per_hour": round(p.cost_per_hour, 4),
+        "solve_seconds": round(p.solve_seconds, 4), "gap": p.gap,
+        "targets": [{"service": s, "offering": k, "count": n} for (s, k), n in sorted(p.targets.items())],
+        "routes": [{"service": r.service, "input_bucket": r.input_bucket, "pool": r.pool, "weight": round(r.weight, 4)}
+                   for r in p.routes],
+        "utilization": {k: round(v, 4) for k, v in p.utilization.items()},
+        "binding": list(p.binding), "unserved_rps": p.unserved_rps, "notes": list(p.notes),
+    }
+
+
+def run_tick(loop: Loop) -> TickResult:
+    cfg, store, provider = loop.cfg, loop.store, loop.provider
+    now = loop.clock()
+    grid = cfg.buckets.grid()
+    t0 = time.perf_counter()
+    decision_id = None
+    try:
+        # -- observe: provider truth first, then demand (txn 1) -------------------------
+        listed = provider.list()
+        if not loop._offerings:
+            loop._offerings = provider.offerings()
+        new_windows = []
+        for svc, src in loop.sources.items():
+            new_windows.extend(src.poll(now))
+        with store.session() as s:
+            sync = sync_from_provider(s, listed, now)
+            Store.add_demand_windows(s, new_windows)
+            for msg in sync.alerts:
+                Store.alert(s, now, "warning", "drift", msg)
+
+        # -- read what decide needs ------------------------------------------------------
+        with store.session() as s:
+            history = {svc.name: Store.demand_history(s, svc.name, grid, now - timedelta(seconds=cfg.loop.history_s))
+                       for svc in cfg.services}
+            rows = Store.instances(s, states=frozenset(State) - TERMINAL)
+            fleet = [fleet_instance(r) for r in rows]
+            cooldown = timedelta(seconds=cfg.policy.market_cooldown_s)
+            bad = Store.recent_events(s, now - cooldown, [Reason.PREEMPTED, Reason.NO_CAPACITY])
+            day = timedelta(hours=24)
+            preempted_day = Store.recent_events(s, now - day, [Reason.PREEMPTED])
+            lost = Store.recent_events(s, now - timedelta(seconds=cfg.loop.tick_interval_s * 2),
+                                       [Reason.PREEMPTED, Reason.LAUNCH_FAILED, Reason.NO_CAPACITY])
+
+        # -- forecast, plan, reconcile (pure) -------------------------------------------------
+        forecasts = {
+            svc.name: recent_peak(history[svc.name], svc.name, now, cfg.loop.horizon_s, grid,
+                                  peak_window_s=max(cfg.policy.scale_down_delay_s, cfg.loop.window_s))
+            for svc in cfg.services
+        }
+        inputs = PlanInputs(
+            now=now, grid=grid,
+            demands=tuple(ServiceDemand(svc.name, forecasts[svc.name], svc.min_replicas, tuple(svc.gpus))
+                          for svc in cfg.services),
+            capacity=loop.capacity, offerings=tuple(loop._offerings),
+            fleet=tuple(f for f in fleet if State(f.state) in LIVE), policy=cfg.policy,
+            unavailable=cooldown_offerings(bad, loop._offerings),
+            preemptions_per_hour=hazard_per_location(preempted_day, day), lead_time_s=cfg.loop.lead_time_s,
+        )
+        the_plan = plan(inputs)
+        offer_map = {o.key: o for o in loop._offerings}
+        recently_lost = Counter((i.service, i.offering_key) for _, i in lost)
+        rec = reconcile(the_plan, fleet, offer_map, cfg.policy, now, recently_lost)
+        mode = "paused" if cfg.policy.paused else "dry_run" if cfg.policy.dry_run else "apply"
+
+        # -- record the decision and every intent before any effect (txn 2) ----------------
+        with store.session() as s:
+            d = Store.start_decision(s, now)
+            decision_id = d.id
+            d.plan_status = the_plan.status
+            d.solver = the_plan.solver
+            d.solve_seconds = the_plan.solve_seconds
+            d.planned_cost_per_hour = the_plan.cost_per_hour
+            d.forecast_rps = sum(f.rate_rps for f in forecasts.values())
+            d.observed_rps = sum(w.rate for w in new_windows) if new_windows else None
+            d.forecast = {k: _forecast_dict(v) for k, v in forecasts.items()}
+            d.plan = plan_dict(the_plan)
+            d.actions = [a.as_dict() for a in rec.actions]
+            d.inputs = {
+                "new_windows": len(new_windows), "unavailable": sorted(inputs.unavailable),
+                "fleet": dict(Counter(f.state for f in fleet)), "synced": sync.summary(), "mode": mode,
+                "skipped_for_budget": rec.skipped_for_budget, "skipped_for_limits": rec.skipped_for_limits,
+                "held_for_make_before_break": rec.held_for_make_before_break,
+            }
+            if rec.skipped_for_budget:
+                Store.alert(s, now, "critical", "budget",
+                            f"{rec.skipped_for_budget} launch(es) not made: budget {cfg.policy.budget_per_hour} $/h",
+                            decision_id=d.id)
+            for svc, rps in the_plan.unserved_rps.items():
+                Store.alert(s, now, "warning", "unserved", f"{rps:.2f} req/s of {svc} cannot be served: "
+                            + "; ".join(the_plan.notes), service=svc, decision_id=d.id)
+            if "budget" in the_plan.binding:
+                Store.alert(s, now, "warning", "budget", "; ".join(the_plan.notes), decision_id=d.id)
+            if mode == "apply":
+                _record_intents(s, loop, rec.actions, now, d.id)
+            else:
+                d.outcome = mode
+
+        # -- apply: provider calls, each result recorded --------------------------------------
+        launches = terminations = 0
+        if mode == "apply":
+            launches, terminations = _apply(loop, now, decision_id)
+
+        # -- finish (txn 3) ------------------------------------------------------------------
+        with store.session() as s:
+            d = s.get(type(d), decision_id)
+            if mode == "apply":
+                d.outcome = "applied"
+            d.launches = launches
+            d.terminations = terminations
+            d.fleet_cost_per_hour = Store.fleet_cost_per_hour(s)
+            running = Counter()
+            for r in Store.instances(s, states=frozenset({State.RUNNING})):
+                running[(r.service, f"{r.gpu}x{r.gpu_count}")] += 1
+        log.info("tick", decision=decision_id, outcome=mode if mode != "apply" else "applied",
+                 forecast_rps=round(sum(f.rate_rps for f in forecasts.values()), 3),
+                 planned_cost=round(the_plan.cost_per_hour, 3), plan_status=the_plan.status,
+                 actions=len(rec.actions), launches=launches, terminations=terminations,
+                 seconds=round(time.perf_counter() - t0, 4))
+        return TickResult(decision_id, now, "applied" if mode == "apply" else mode, forecasts, the_plan,
+                          rec.actions, dict(running))
+    except Exception as e:  # a failing tick must not stop the loop (DESIGN-NOTES: no asserts in the loop)
+        err = f"{type(e).__name__}: {e}"
+        log.exception("tick_failed", decision=decision_id, error=err)
+        try:
+            with store.session() as s:
+                from daemon.store.schema import Decision
+
+                d = s.get(Decision, decision_id) if decision_id else Store.start_decision(s, now)
+                d.outcome = "failed"
+                d.error = err[:4000]
+                Store.alert(s, now, "critical", "tick_failed", err[:4000], decision_id=d.id)
+                decision_id = d.id
+        except Exception:
+            log.exception("tick_failure_not_recorded")
+        return TickResult(decision_id, now, "failed", {}, None, (), {}, err)
+
+
+def _record_intents(s, loop: Loop, actions: tuple[Action, ...], now: datetime, decision_id: int) -> None:
+    """Write every action's intent. Launches become REQUESTED rows with their deterministic names."""
+    from daemon.store.schema import Instance
+
+    prefix = loop.cfg.provider.skypilot.cluster_prefix
+    offer_map = {o.key: o for o in loop._offerings}
+    for a in actions:
+        if a.kind is ActionKind.LAUNCH:
+            iid = Store.next_instance_id(s, a.service)
+            Store.create_instance(s, instance_id=iid, name=f"{prefix}-{iid}", service=a.service,
+                                  provider=loop.provider.name, offering=offer_map[a.offering_key], at=now,
+                                  reason=a.reason, decision_id=decision_id)
+            s.flush()
+            continue
+        row = s.get(Instance, a.instance_id)
+        if a.kind is ActionKind.CANCEL:
+            Store.transition(s, row, State.TERMINATED, Reason.CANCELLED, now, "not launched: no longer wanted", decision_id)
+        elif a.kind is ActionKind.DRAIN:
+            Store.transition(s, row, State.DRAINING, a.reason, now, decision_id=decision_id, drain_until=a.drain_until)
+        elif a.kind is ActionKind.UNDRAIN:
+            Store.transition(s, row, State.RUNNING, a.reason, now, a.detail, decision_id)
+        elif a.kind is ActionKind.TERMINATE:
+            Store.transition(s, row, State.TERMINATING, a.reason, now, decision_id=decision_id)
+
+
+def _apply(loop: Loop, now: datetime, decision_id: int) -> tuple[int, int]:
+    """Call the provider for every pending intent in the store, not only this tick's.
+
+    An intent left by a crash (REQUESTED, or TERMINATING not yet confirmed) is
+    simply carried out again: launch and terminate are idempotent by name.
+    """
+    from daemon.store.schema import Instance
+
+    store, provider = loop.store, loop.provider
+    launches = terminations = 0
+    offer_map = {o.key: o for o in loop._offerings}
+    svc_model = {s.name: s.model for s in loop.cfg.services}
+    with store.session() as s:
+        pending = [(r.id, r.name, r.service, r.offering_key) for r in Store.instances(s, frozenset({State.REQUESTED}))]
+        stopping = [(r.id, r.name) for r in Store.instances(s, frozenset({State.TERMINATING}))]
+    for iid, name, service, okey in pending:
+        off = offer_map.get(okey)
+        outcome: tuple[State, Reason, str | None]
+        try:
+            if off is None:
+                raise LaunchError(FailureKind.OTHER, f"offering {okey} is no longer offered")
+            provider.launch(LaunchRequest(name=name, service=service, model=svc_model.get(service, ""), offering=off))
+            outcome = (State.PROVISIONING, Reason.LAUNCH_ACCEPTED, None)
+            launches += 1
+        except LaunchError as e:
+            outcome = (State.FAILED, _FAILURE_REASON.get(e.kind, Reason.LAUNCH_FAILED), str(e))
+        except Exception as e:  # provider bug or outage: the intent stays failed, recorded, not lost
+            outcome = (State.FAILED, Reason.LAUNCH_FAILED, f"{type(e).__name__}: {e}")
+        with store.session() as s:
+            row = s.get(Instance, iid)
+            if row.state == str(State.REQUESTED):
+                Store.transition(s, row, outcome[0], outcome[1], now, outcome[2], decision_id)
+                if outcome[0] is State.FAILED:
+                    Store.alert(s, now, "warning", "launch_failed", f"{name}: {outcome[2]}", service, decision_id)
+    for iid, name in stopping:
+        try:
+            provider.terminate(name)
+            terminations += 1
+        except Exception as e:  # retried next tick: terminate is idempotent
+            with store.session() as s:
+                Store.alert(s, now, "warning", "terminate_failed", f"{name}: {type(e).__name__}: {e}",
+                            decision_id=decision_id)
+    return launches, terminations

@@ -1,0 +1,222 @@
+"""The store: the only code that reads and writes the database.
+
+Transitions go through `transition`, which refuses edges the lifecycle table
+does not have and writes one `instance_events` row per change: the audit trail
+and the preemption history are the same rows.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, func, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session
+
+from daemon.domain import BucketGrid, DemandWindow, FleetInstance, Market, Offering
+from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State, check_transition
+from daemon.store.schema import Alert, Decision, DemandWindowRow, Instance, InstanceEvent
+
+
+def make_engine(url: str) -> Engine:
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record):  # WAL: `fleetctl status` reads while fleetd writes
+            cur = dbapi_conn.cursor()
+            if u.database and u.database != ":memory:":
+                cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+def offering_of(row: Instance) -> Offering:
+    return Offering(
+        cloud=row.cloud, region=row.region, zone=row.zone, instance_type=row.instance_type,
+        gpu=row.gpu, gpu_count=row.gpu_count, market=Market(row.market), price_per_hour=row.price_per_hour,
+    )
+
+
+def fleet_instance(row: Instance) -> FleetInstance:
+    return FleetInstance(
+        id=row.id, name=row.name, service=row.service, offering=offering_of(row), state=row.state,
+        launched_at=row.launched_at, ready_at=row.ready_at, drain_until=row.drain_until,
+    )
+
+
+def instance_cost(row: Instance, now: datetime) -> float:
+    """Billed from the provider's acceptance until the instance ended, at the price stored at launch."""
+    if row.launched_at is None:
+        return 0.0
+    end = row.ended_at or now
+    return max(0.0, (end - row.launched_at).total_seconds()) / 3600.0 * row.price_per_hour
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    @classmethod
+    def open(cls, url: str) -> "Store":
+        return cls(make_engine(url))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed on success, rolled back whole on any error."""
+        with Session(self.engine, expire_on_commit=False) as s:
+            with s.begin():
+                yield s
+
+    # -- demand -------------------------------------------------------------------
+
+    @staticmethod
+    def add_demand_windows(s: Session, windows: list[DemandWindow]) -> None:
+        """One row per non-empty cell; an observed quiet window keeps one zero row (seen, and quiet).
+
+        The window's token sums ride on its first row: they belong to the window, not a cell.
+        """
+        for w in windows:
+            cells = [(i, j, c) for i, row in enumerate(w.counts) for j, c in enumerate(row) if c > 0] or [(0, 0, 0.0)]
+            for k, (i, j, c) in enumerate(cells):
+                s.add(DemandWindowRow(
+                    service=w.service, window_start=w.start, window_seconds=w.seconds, input_bucket=i,
+                    output_bucket=j, requests=c, input_tokens=w.input_tokens if k == 0 else 0.0,
+                    output_tokens=w.output_tokens if k == 0 else 0.0,
+                ))
+
+    @staticmethod
+    def demand_history(s: Session, service: str, grid: BucketGrid, since: datetime,
+                       until: datetime | None = None) -> list[DemandWindow]:
+        q = select(DemandWindowRow).where(DemandWindowRow.service == service, DemandWindowRow.window_start >= since)
+        if until is not None:
+            q = q.where(DemandWindowRow.window_start < until)
+        q = q.order_by(DemandWindowRow.window_start)
+        acc: dict[datetime, dict] = {}
+        for r in s.scalars(q):
+            w = acc.setdefault(r.window_start, {"seconds": r.window_seconds, "counts": defaultdict(float),
+                                                "in": 0.0, "out": 0.0})
+            if r.input_bucket < grid.n_input and r.output_bucket < grid.n_output:
+                w["counts"][(r.input_bucket, r.output_bucket)] += r.requests
+            w["in"] += r.input_tokens or 0.0
+            w["out"] += r.output_tokens or 0.0
+        out = []
+        for start, w in acc.items():
+            counts = tuple(tuple(w["counts"].get((i, j), 0.0) for j in range(grid.n_output))
+                           for i in range(grid.n_input))
+            out.append(DemandWindow(service, start, w["seconds"], counts, w["in"], w["out"]))
+        return out
+
+    # -- instances ----------------------------------------------------------------
+
+    @staticmethod
+    def next_instance_id(s: Session, service: str) -> str:
+        n = s.scalar(select(func.count()).select_from(Instance)) or 0
+        return f"{service}-{n + 1:06d}"
+
+    @staticmethod
+    def create_instance(s: Session, *, instance_id: str, name: str, service: str, provider: str,
+                        offering: Offering, at: datetime, reason: Reason, decision_id: int | None) -> Instance:
+        row = Instance(
+            id=instance_id, name=name, service=service, provider=provider, cloud=offering.cloud,
+            region=offering.region, zone=offering.zone, instance_type=offering.instance_type, gpu=offering.gpu,
+            gpu_count=offering.gpu_count, market=str(offering.market), offering_key=offering.key,
+            price_per_hour=offering.price_per_hour, state=str(State.REQUESTED), decision_id=decision_id,
+            requested_at=at, last_reason=str(reason),
+        )
+        s.add(row)
+        s.add(InstanceEvent(instance_id=instance_id, at=at, from_state=None, to_state=str(State.REQUESTED),
+                            reason=str(reason), decision_id=decision_id))
+        return row
+
+    @staticmethod
+    def transition(s: Session, row: Instance, to: State, reason: Reason, at: datetime, detail: str | None = None,
+                   decision_id: int | None = None, drain_until: datetime | None = None) -> None:
+        src = State(row.state)
+        check_transition(src, to)
+        row.state = str(to)
+        row.last_reason = str(reason)
+        if to is State.PROVISIONING and row.launched_at is None:
+            row.launched_at = at
+        if to is State.RUNNING:
+            if row.launched_at is None:  # adopted: it was billing already; the best we know is now
+                row.launched_at = at
+            if row.ready_at is None:
+                row.ready_at = at
+            row.drain_until = None
+        if to is State.DRAINING:
+            row.drain_until = drain_until
+        if to in TERMINAL:
+            row.ended_at = max(at, row.launched_at) if row.launched_at else at
+        s.add(InstanceEvent(instance_id=row.id, at=at, from_state=str(src), to_state=str(to), reason=str(reason),
+                            detail=detail, decision_id=decision_id))
+
+    @staticmethod
+    def instances(s: Session, states: frozenset[State] | None = None) -> list[Instance]:
+        q = select(Instance)
+        if states is not None:
+            q = q.where(Instance.state.in_([str(x) for x in states]))
+        return list(s.scalars(q.order_by(Instance.requested_at, Instance.id)))
+
+    @staticmethod
+    def fleet_cost_per_hour(s: Session) -> float:
+        return float(s.scalar(select(func.coalesce(func.sum(Instance.price_per_hour), 0.0))
+                              .where(Instance.state.in_([str(x) for x in BILLABLE]))) or 0.0)
+
+    @staticmethod
+    def recent_events(s: Session, since: datetime, reasons: list[Reason]) -> list[tuple[InstanceEvent, Instance]]:
+        q = (select(InstanceEvent, Instance).join(Instance, Instance.id == InstanceEvent.instance_id)
+             .where(InstanceEvent.at >= since, InstanceEvent.reason.in_([str(r) for r in reasons]))
+             .order_by(InstanceEvent.at))
+        return [(e, i) for e, i in s.execute(q)]
+
+    # -- decisions and alerts -------------------------------------------------------
+
+    @staticmethod
+    def start_decision(s: Session, at: datetime) -> Decision:
+        d = Decision(at=at, outcome="started", launches=0, terminations=0)
+        s.add(d)
+        s.flush()
+        return d
+
+    @staticmethod
+    def alert(s: Session, at: datetime, severity: str, kind: str, message: str, service: str | None = None,
+              decision_id: int | None = None) -> None:
+        s.add(Alert(at=at, severity=severity, kind=kind, message=message, service=service, decision_id=decision_id))
+
+    @staticmethod
+    def close_interrupted_decisions(s: Session, at: datetime) -> int:
+        """Decisions a crash left at 'started' are marked so; their intents are repaired by the next tick."""
+        rows = list(s.scalars(select(Decision).where(Decision.outcome == "started")))
+        for d in rows:
+            d.outcome = "interrupted"
+            d.error = (d.error or "") + f"process stopped before the tick finished (noticed {at.isoformat()})"
+        return len(rows)
+
+
+def cooldown_offerings(events: list[tuple[InstanceEvent, Instance]], offerings: list[Offering]) -> frozenset[str]:
+    """Spot markets to avoid: every spot offering in a location that recently lost or refused one.
+
+    SkyServe's SpotHedge marks a zone PREEMPTED after a preemption or a failed
+    spot launch there (BACKGROUND §3); we do the same, for a cooldown window.
+    """
+    bad_locs = {"/".join([i.cloud, i.region, i.zone or "-"]) for _, i in events if i.market == str(Market.SPOT)}
+    bad_keys = {i.offering_key for _, i in events}
+    out = {o.key for o in offerings if o.market is Market.SPOT and o.location in bad_locs}
+    return frozenset(out | {k for k in bad_keys if k.endswith("/spot")})
+
+
+def hazard_per_location(events: list[tuple[InstanceEvent, Instance]], window: timedelta) -> dict[str, float]:
+    hours = window.total_seconds() / 3600.0
+    out: dict[str, float] = defaultdict(float)
+    for _, i in events:
+        out["/".join([i.cloud, i.region, i.zone or "-"])] += 1.0 / hours
+    return dict(out)

@@ -1,0 +1,242 @@
+"""A simulated cloud, as good as the real one for testing, demos and replay.
+
+It keeps the Provider protocol's semantics (asynchronous idempotent launch,
+eventually consistent list, idempotent terminate) and reads time only from the
+injected clock, so it runs in wall time under fleetd and in virtual time under
+`fleetctl simulate`. Everything random is seeded; each spot location draws from
+its own stream (seeded by the location's name) so the outages one zone suffers
+do not depend on what happened elsewhere or in which order the loop called us.
+
+Knobs (SimulatedProviderConfig): launch latency, capacity stockouts, launch
+failures, zone-wide spot losses from a per-zone hazard, or replayed from real
+availability traces (providers/spot_traces.py).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import random
+import zlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Callable
+
+from daemon.config import SimulatedProviderConfig
+from daemon.domain import Market, Offering
+from providers.base import FailureKind, InstanceStatus, LaunchError, LaunchRequest, ProviderInstance
+from providers.spot_traces import AvailabilityTrace, load_trace_dir
+
+# A zone-wide spot loss lasts this long on average before capacity returns
+# (SkyServe/SpotHedge report correlated zone outages of tens of minutes).
+MEAN_OUTAGE_S = 1800.0
+# Terminal instances stay listed this long, like a cloud's eventually consistent API.
+RETAIN_TERMINAL_S = 3600.0
+
+
+class OfferingsFileError(Exception):
+    pass
+
+
+def load_offerings(path: str | Path | None = None) -> list[Offering]:
+    """Offerings from a CSV (cloud, region, zone, instance_type, gpu, gpu_count, on_demand, spot, source).
+
+    One row gives an on-demand offering and, where `spot` is set, a spot one.
+    The bundled table holds real 2026 catalog prices; each row names its source.
+    """
+    if path is None:
+        text = resources.files("providers").joinpath("data/offerings.csv").read_text()
+        src = "providers/data/offerings.csv"
+    else:
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise OfferingsFileError(f"{path}: cannot read offerings: {e.strerror}") from None
+        src = str(path)
+    out: list[Offering] = []
+    reader = csv.DictReader(text.splitlines())
+    need = {"cloud", "region", "zone", "instance_type", "gpu", "gpu_count", "on_demand", "spot"}
+    missing = need - set(reader.fieldnames or [])
+    if missing:
+        raise OfferingsFileError(f"{src}: missing columns {sorted(missing)}")
+    for line, row in enumerate(reader, start=2):
+        try:
+            base = dict(
+                cloud=row["cloud"], region=row["region"], zone=row["zone"] or None,
+                instance_type=row["instance_type"], gpu=row["gpu"], gpu_count=int(row["gpu_count"]),
+            )
+            od = float(row["on_demand"])
+            spot = float(row["spot"]) if row["spot"].strip() else None
+        except (ValueError, TypeError) as e:
+            raise OfferingsFileError(f"{src}:{line}: bad value: {e}") from None
+        if od <= 0 or (spot is not None and spot <= 0):
+            raise OfferingsFileError(f"{src}:{line}: prices must be positive")
+        out.append(Offering(**base, market=Market.ON_DEMAND, price_per_hour=od))
+        if spot is not None:
+            out.append(Offering(**base, market=Market.SPOT, price_per_hour=spot))
+    return out
+
+
+@dataclass
+class _SimInstance:
+    name: str
+    offering: Offering
+    status: InstanceStatus
+    since: datetime
+    ready_at: datetime
+    will_fail: bool
+    failure: FailureKind | None = None
+    detail: str = ""
+
+
+class SimulatedProvider:
+    name = "simulated"
+
+    def __init__(self, cfg: SimulatedProviderConfig, clock: Callable[[], datetime]):
+        self.cfg = cfg
+        self._clock = clock
+        self._rng = random.Random(cfg.seed)
+        offerings = load_offerings(cfg.offerings_file)
+        if cfg.clouds:
+            offerings = [o for o in offerings if o.cloud in cfg.clouds]
+        self._offerings = {o.key: o for o in offerings}
+        self._instances: dict[str, _SimInstance] = {}
+        self._traces: dict[str, AvailabilityTrace] = (
+            load_trace_dir(cfg.spot_trace_dir) if cfg.spot_trace_dir else {}
+        )
+        self._epoch: datetime | None = None  # virtual start: trace offset 0
+        self._last: datetime | None = None
+        # Hazard model: per location, outage intervals generated lazily in order.
+        self._outages: dict[str, list[tuple[datetime, datetime]]] = {}
+        self._outage_rng: dict[str, random.Random] = {}
+        self.preemption_log: list[tuple[datetime, str, str]] = []  # (time, location, instance)
+
+    # -- the protocol -------------------------------------------------------------
+
+    def offerings(self) -> list[Offering]:
+        return list(self._offerings.values())
+
+    def launch(self, request: LaunchRequest) -> None:
+        now = self._advance()
+        existing = self._instances.get(request.name)
+        if existing is not None and existing.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
+            return  # idempotent by name
+        off = self._offerings.get(request.offering.key)
+        if off is None:
+            raise LaunchError(FailureKind.OTHER, f"unknown offering {request.offering.key}")
+        if off.market is Market.SPOT and not self._spot_available(off.location, now):
+            raise LaunchError(FailureKind.NO_CAPACITY, f"no spot capacity in {off.location}")
+        if self._rng.random() < self.cfg.stockout_probability:
+            raise LaunchError(FailureKind.NO_CAPACITY, f"insufficient capacity for {off.instance_type} in {off.location}")
+        lo, hi = self.cfg.launch_latency_s
+        latency = lo + (hi - lo) * self._rng.random()
+        will_fail = self._rng.random() < self.cfg.launch_failure_probability
+        self._instances[request.name] = _SimInstance(
+            name=request.name, offering=off, status=InstanceStatus.PENDING, since=now,
+            ready_at=now + timedelta(seconds=latency), will_fail=will_fail,
+        )
+
+    def terminate(self, name: str) -> None:
+        now = self._advance()
+        inst = self._instances.get(name)
+        if inst is None or inst.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
+            return
+        inst.status = InstanceStatus.TERMINATED
+        inst.since = now
+
+    def list(self) -> list[ProviderInstance]:
+        now = self._advance()
+        out = []
+        for inst in self._instances.values():
+            out.append(ProviderInstance(
+                name=inst.name, status=inst.status, offering_key=inst.offering.key,
+                endpoint=f"http://{inst.name}.sim:8000" if inst.status is InstanceStatus.RUNNING else None,
+                failure=inst.failure, detail=inst.detail, since=inst.since,
+            ))
+        return out
+
+    # -- simulation ---------------------------------------------------------------
+
+    def _advance(self) -> datetime:
+        """Apply every event between the last call and now, each at its own time."""
+        now = self._clock()
+        if self._epoch is None:
+            self._epoch = now
+        last = self._last or now
+        # Spot losses first: an instance preempted before it would have become ready never runs.
+        for inst in list(self._instances.values()):
+            if inst.offering.market is not Market.SPOT or inst.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
+                continue
+            lost_at = self._first_loss(inst.offering.location, max(last, inst.since), now)
+            if lost_at is not None and (inst.status is InstanceStatus.RUNNING or lost_at <= inst.ready_at):
+                inst.status = InstanceStatus.PREEMPTED
+                inst.since = lost_at
+                inst.detail = f"spot capacity lost in {inst.offering.location}"
+                self.preemption_log.append((lost_at, inst.offering.location, inst.name))
+        for inst in self._instances.values():
+            if inst.status is InstanceStatus.PENDING and inst.ready_at <= now:
+                inst.since = inst.ready_at
+                if inst.will_fail:
+                    inst.status = InstanceStatus.FAILED
+                    inst.failure = FailureKind.OTHER
+                    inst.detail = "server did not become healthy"
+                else:
+                    inst.status = InstanceStatus.RUNNING
+        horizon = now - timedelta(seconds=RETAIN_TERMINAL_S)
+        for name in [n for n, i in self._instances.items()
+                     if i.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING) and i.since < horizon]:
+            del self._instances[name]
+        self._last = max(last, now)
+        return now
+
+    def _trace_for(self, location: str) -> AvailabilityTrace | None:
+        zone = location.rsplit("/", 1)[-1]
+        return self._traces.get(zone)
+
+    def _spot_available(self, location: str, at: datetime) -> bool:
+        trace = self._trace_for(location)
+        if trace is not None:
+            return trace.available(self._offset(at))
+        return not any(s <= at < e for s, e in self._outages_until(location, at))
+
+    def _offset(self, at: datetime) -> float:
+        epoch = self._epoch or at
+        return (at - epoch).total_seconds() + self.cfg.spot_trace_offset_s
+
+    def _first_loss(self, location: str, start: datetime, end: datetime) -> datetime | None:
+        """The first moment in (start, end] at which spot capacity in `location` is gone."""
+        if end <= start:
+            return None
+        trace = self._trace_for(location)
+        if trace is not None:
+            off = self._offset(start)
+            if not trace.available(off):
+                return start
+            change = trace.next_change(off)
+            if change is None:
+                return None
+            at = (self._epoch or start) + timedelta(seconds=change - self.cfg.spot_trace_offset_s)
+            return at if at <= end else None
+        for s, e in self._outages_until(location, end):
+            if e > start and s <= end:
+                return max(s, start)
+        return None
+
+    def _outages_until(self, location: str, until: datetime) -> list[tuple[datetime, datetime]]:
+        rate = self.cfg.spot_preemptions_per_hour
+        spans = self._outages.setdefault(location, [])
+        if rate <= 0:
+            return spans
+        rng = self._outage_rng.get(location)
+        if rng is None:
+            rng = self._outage_rng[location] = random.Random(zlib.crc32(f"{self.cfg.seed}:{location}".encode()))
+        cursor = spans[-1][1] if spans else (self._epoch or until)
+        while cursor <= until:
+            gap = -math.log(1.0 - rng.random()) / rate * 3600.0
+            length = -math.log(1.0 - rng.random()) * MEAN_OUTAGE_S
+            start = cursor + timedelta(seconds=gap)
+            spans.append((start, start + timedelta(seconds=length)))
+            cursor = start + timedelta(seconds=length)
+        return spans
