@@ -161,7 +161,8 @@ class Config(_Model):
     provider: ProviderConfig = ProviderConfig()
     services: list[ServiceConfig] = Field(default_factory=lambda: [ServiceConfig(name="chat")])
     policy: PolicyConfig = PolicyConfig()
-    capacity: list[CapacityEntry] = Field(default_factory=list)
+    # Without [[capacity]] tables the built-in placeholders apply (daemon/defaults.py).
+    capacity: list[CapacityEntry] = Field(default_factory=lambda: _builtin_capacity())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -226,8 +227,12 @@ def load_config(path: str | Path | None) -> Config:
     return parse_config(data, str(p))
 
 
-def default_config() -> Config:
-    """The built-in defaults: the same values config.example.toml documents."""
+def _builtin_capacity() -> list[CapacityEntry]:
     from daemon.defaults import DEFAULT_CAPACITY
 
-    return Config(capacity=[CapacityEntry(**c) for c in DEFAULT_CAPACITY])
+    return [CapacityEntry(**c) for c in DEFAULT_CAPACITY]
+
+
+def default_config() -> Config:
+    """The built-in defaults: the same values config.example.toml documents."""
+    return Config()
