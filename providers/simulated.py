@@ -165,18 +165,15 @@ class SimulatedProvider:
         if self._epoch is None:
             self._epoch = now
         last = self._last or now
-        # Spot losses first: an instance preempted before it would have become ready never runs.
-        for inst in list(self._instances.values()):
-            if inst.offering.market is not Market.SPOT or inst.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
-                continue
-            lost_at = self._first_loss(inst.offering.location, max(last, inst.since), now)
-            if lost_at is not None and (inst.status is InstanceStatus.RUNNING or lost_at <= inst.ready_at):
-                inst.status = InstanceStatus.PREEMPTED
-                inst.since = lost_at
-                inst.detail = f"spot capacity lost in {inst.offering.location}"
-                self.preemption_log.append((lost_at, inst.offering.location, inst.name))
         for inst in self._instances.values():
-            if inst.status is InstanceStatus.PENDING and inst.ready_at <= now:
+            if inst.status is not InstanceStatus.PENDING:
+                continue
+            spot = inst.offering.market is Market.SPOT
+            # A spot machine whose capacity is lost before it is ready never runs.
+            lost_at = self._first_loss(inst.offering.location, max(last, inst.since), min(now, inst.ready_at)) if spot else None
+            if lost_at is not None:
+                self._preempt(inst, lost_at)
+            elif inst.ready_at <= now:
                 inst.since = inst.ready_at
                 if inst.will_fail:
                     inst.status = InstanceStatus.FAILED
@@ -184,12 +181,23 @@ class SimulatedProvider:
                     inst.detail = "server did not become healthy"
                 else:
                     inst.status = InstanceStatus.RUNNING
+        for inst in self._instances.values():
+            if inst.status is InstanceStatus.RUNNING and inst.offering.market is Market.SPOT:
+                lost_at = self._first_loss(inst.offering.location, max(last, inst.since), now)
+                if lost_at is not None:
+                    self._preempt(inst, lost_at)
         horizon = now - timedelta(seconds=RETAIN_TERMINAL_S)
         for name in [n for n, i in self._instances.items()
                      if i.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING) and i.since < horizon]:
             del self._instances[name]
         self._last = max(last, now)
         return now
+
+    def _preempt(self, inst: _SimInstance, at: datetime) -> None:
+        inst.status = InstanceStatus.PREEMPTED
+        inst.since = at
+        inst.detail = f"spot capacity lost in {inst.offering.location}"
+        self.preemption_log.append((at, inst.offering.location, inst.name))
 
     def _trace_for(self, location: str) -> AvailabilityTrace | None:
         zone = location.rsplit("/", 1)[-1]

@@ -67,6 +67,7 @@ def _price(fleet: list[FleetInstance]) -> float:
 
 def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offering], policy: PolicyConfig,
               now: datetime, recently_lost: Counter | None = None) -> Reconciliation:
+    """`recently_lost` counts, per service, instances lost (preempted, failed) since the last tick."""
     recently_lost = Counter(recently_lost or {})
     actions: list[Action] = []
     launches_left = policy.max_launches_per_tick
@@ -90,7 +91,7 @@ def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offer
 
     keys = sorted(set(groups) | {k for k, n in plan.targets.items() if n > 0})
     # Replacements first, so a lost replica is restored before growth elsewhere.
-    keys.sort(key=lambda k: (-recently_lost[k], k))
+    keys.sort(key=lambda k: (-recently_lost[k[0]], k))
     for key in keys:
         svc, okey = key
         insts = groups.get(key, [])
@@ -114,9 +115,11 @@ def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offer
                 if budget is not None and billable + off.price_per_hour > budget + 1e-9:
                     skipped_budget += 1
                     continue
-                reason = Reason.REPLACED if recently_lost[key] > 0 else Reason.LAUNCH_REQUESTED
-                if recently_lost[key] > 0:
-                    recently_lost[key] -= 1
+                # A launch that restores capacity the service just lost is a replacement,
+                # wherever it lands (the lost zone is usually in cooldown).
+                reason = Reason.REPLACED if recently_lost[svc] > 0 else Reason.LAUNCH_REQUESTED
+                if recently_lost[svc] > 0:
+                    recently_lost[svc] -= 1
                 actions.append(Action(ActionKind.LAUNCH, svc, okey, reason))
                 launches_left -= 1
                 billable += off.price_per_hour

@@ -140,7 +140,7 @@ def run_tick(loop: Loop) -> TickResult:
         )
         the_plan = plan(inputs)
         offer_map = {o.key: o for o in loop._offerings}
-        recently_lost = Counter((i.service, i.offering_key) for _, i in lost)
+        recently_lost = Counter(i.service for _, i in lost)
         rec = reconcile(the_plan, fleet, offer_map, cfg.policy, now, recently_lost)
         mode = "paused" if cfg.policy.paused else "dry_run" if cfg.policy.dry_run else "apply"
 
