@@ -162,6 +162,7 @@ class Config(_Model):
     services: list[ServiceConfig] = Field(default_factory=lambda: [ServiceConfig(name="chat")])
     policy: PolicyConfig = PolicyConfig()
     capacity: list[CapacityEntry] = Field(default_factory=list)
+    profiles: "ProfilesConfig" = Field(default_factory=lambda: ProfilesConfig())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -231,3 +232,15 @@ def default_config() -> Config:
     from daemon.defaults import DEFAULT_CAPACITY
 
     return Config(capacity=[CapacityEntry(**c) for c in DEFAULT_CAPACITY])
+
+
+class ProfilesConfig(_Model):
+    """Where capacity profiles live and what to do for a GPU type no profile covers."""
+
+    profiles_dir: str = "profiles"  # JSON profiles (fleetctl profile measure/import/estimate --save)
+    estimate_missing: bool = True  # no profile: estimate it (flagged) instead of excluding the GPU type
+    engine: Literal["vllm-v1", "vllm-v0"] = "vllm-v1"  # serving engine the estimator assumes
+    dtype: Literal["bf16", "fp16", "fp8", "int8"] = "bf16"
+
+
+Config.model_rebuild()
