@@ -82,11 +82,12 @@ def _norm(name: str) -> str:
     changed = True
     while changed:
         changed = False
+        stripped = re.sub(r"-v0\.\d+$", "", s)  # Mistral-7B-v0.1 / -Instruct-v0.2: same shapes
         for suf in _SUFFIXES:
-            if s.endswith(suf):
-                s = s[: -len(suf)]
-                changed = True
-    s = re.sub(r"-v0\.\d+$", "", s)
+            if stripped.endswith(suf):
+                stripped = stripped[: -len(suf)]
+        if stripped != s:
+            s, changed = stripped, True
     s = s.replace("meta-llama-", "llama-").replace("llama-3.1", "llama-3")
     return re.sub(r"[^a-z0-9.]", "", s)
 
