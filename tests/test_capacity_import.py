@@ -1,7 +1,6 @@
 """Importers: vLLM rate sweeps (fixture in vLLM's --save-result format), AIBrix and Mélange files."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
