@@ -152,3 +152,18 @@ def test_capacity_table_entry_point_with_defaults_uses_config_tables(tmp_path, m
 
     t = capacity_table(default_config())
     assert set(t.pools("chat")) == {"A10Gx1", "L4x1", "A100-80GBx1", "H100x1"}
+
+
+def test_cells_without_curves_in_a_curved_profile_need_a_stricter_slo():
+    p = make_profile(slo=(2.0, 200.0))
+    curved = p.cells[0].model_copy(update={"curve": [CurvePoint(rate_rps=3, achieved_rps=3, ttft_p99_s=0.1,
+                                                                tpot_p99_ms=50)]})
+    mixed = p.model_copy(update={"cells": [curved, *p.cells[1:]]})
+    at = mixed.at_slo(2.0, 120.0)
+    assert at.cells[0].max_rps == 3 and all(c.max_rps == 0 for c in at.cells[1:])
+
+
+def test_estimates_warn_when_buckets_exceed_the_model_context(tmp_path):
+    rep = build_capacity(cfg(buckets={"input_edges": [0, 1024, 8192], "output_edges": [0, 256]}), tmp_path)
+    assert any(w["event"] == "capacity.beyond_context" for w in rep.warnings)
+    assert not any(w["event"] == "capacity.beyond_context" for w in build_capacity(cfg(), tmp_path).warnings)

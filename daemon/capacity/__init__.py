@@ -85,6 +85,7 @@ def build_capacity(cfg: Config, profiles_dir: str | Path | None = None) -> Capac
                 warn("capacity.excluded", svc.name, gpu, est)
                 continue
             pool, matrix, prov = est
+            _warn_context(svc, gpu, grid, warn)
             table[(svc.name, pool)] = matrix
             provenance[(svc.name, pool)] = prov
             report.kinds[(svc.name, pool)] = "estimated"
@@ -185,3 +186,15 @@ def _estimate(cfg: Config, svc: ServiceConfig, gpu: str, grid: BucketGrid):
     values, _ = p.to_grid(grid)
     matrix = tuple(tuple(round(float(v or 0.0), 4) for v in row) for row in values)
     return f"{gpu}x{tp}", matrix, f"estimated: {p.provenance.source} [{p.engine}, {p.dtype}]"
+
+
+def _warn_context(svc: ServiceConfig, gpu: str, grid: BucketGrid, warn) -> None:
+    """Buckets of requests longer than the model's context window: the estimate cannot make them servable."""
+    from daemon.capacity.models import canonical_model, model_arch
+
+    if canonical_model(svc.model) is None:
+        return
+    ctx = model_arch(svc.model).max_context
+    if grid.input_edges[-1] > ctx:
+        warn("capacity.beyond_context", svc.name, gpu,
+             f"{svc.model} has a {ctx}-token context; buckets above it are estimated as if it were longer")

@@ -318,12 +318,13 @@ def make_replica(model: str, gpu: str, tp: int = 1, dtype: str = "bf16", engine:
 
 def smallest_tp(model: str, gpu: str, dtype: str = "bf16", engine: str = "vllm-v1", max_tp: int = 8) -> int | None:
     """The fewest GPUs (1, 2, 4, 8) one replica needs to hold the weights and a useful KV cache."""
+    base = make_replica(model, gpu, 1, dtype, engine)  # unknown model/GPU/engine: EstimateError
     tp = 1
     while tp <= max_tp:
         try:
-            if make_replica(model, gpu, tp, dtype, engine).fits():
+            if replace(base, tp=tp).fits():
                 return tp
-        except EstimateError:
+        except EstimateError:  # tp does not divide the heads
             pass
         tp *= 2
     return None

@@ -154,13 +154,16 @@ class Profile(_M):
         With curves the max rate is re-derived per cell; without, the stored
         max_rps is valid only if the profile's own SLO is at least as strict.
         """
+        stricter = self.slo.at_least_as_strict_as(ttft_s, tpot_ms)
         if self.has_curves():
             cells = []
             for c in self.cells:
                 v = c.max_rps_at(ttft_s, tpot_ms)
-                cells.append(c.model_copy(update={"max_rps": c.max_rps if v is None else v}))
+                if v is None:  # a cell without a curve keeps its value only if its SLO vouches for ours
+                    v = c.max_rps if stricter else 0.0
+                cells.append(c.model_copy(update={"max_rps": v}))
             return self.model_copy(update={"cells": cells, "slo": Slo(ttft_p99_s=ttft_s, tpot_p99_ms=tpot_ms)})
-        if self.slo.at_least_as_strict_as(ttft_s, tpot_ms):
+        if stricter:
             return self
         return None
 
