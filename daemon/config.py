@@ -161,8 +161,10 @@ class Config(_Model):
     provider: ProviderConfig = ProviderConfig()
     services: list[ServiceConfig] = Field(default_factory=lambda: [ServiceConfig(name="chat")])
     policy: PolicyConfig = PolicyConfig()
-    # Without [[capacity]] tables the built-in placeholders apply (daemon/defaults.py).
-    capacity: list[CapacityEntry] = Field(default_factory=lambda: _builtin_capacity())
+    # Explicit MaxTput tables; GPU types they do not cover come from stored profiles or
+    # the estimator (daemon/capacity), flagged as such.
+    capacity: list[CapacityEntry] = Field(default_factory=list)
+    profiles: "ProfilesConfig" = Field(default_factory=lambda: ProfilesConfig())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -227,12 +229,18 @@ def load_config(path: str | Path | None) -> Config:
     return parse_config(data, str(p))
 
 
-def _builtin_capacity() -> list[CapacityEntry]:
-    from daemon.defaults import DEFAULT_CAPACITY
-
-    return [CapacityEntry(**c) for c in DEFAULT_CAPACITY]
-
-
 def default_config() -> Config:
     """The built-in defaults: the same values config.example.toml documents."""
     return Config()
+
+
+class ProfilesConfig(_Model):
+    """Where capacity profiles live and what to do for a GPU type no profile covers."""
+
+    profiles_dir: str = "profiles"  # JSON profiles (fleetctl profile measure/import/estimate --save)
+    estimate_missing: bool = True  # no profile: estimate it (flagged) instead of excluding the GPU type
+    engine: Literal["vllm-v1", "vllm-v0"] = "vllm-v1"  # serving engine the estimator assumes
+    dtype: Literal["bf16", "fp16", "fp8", "int8"] = "bf16"
+
+
+Config.model_rebuild()

@@ -22,6 +22,9 @@ def _cfg(**policy):
                                    "spot_preemptions_per_hour": 0, "launch_latency_s": [90, 90]}},
         "services": [{"name": "chat", "gpus": ["A10G"], "min_replicas": 1}],
         "policy": {"scale_down_delay_s": 300, "drain_s": 60, **policy},
+        # A fixed MaxTput table keeps these tests about the loop, not about the estimator.
+        "capacity": [{"model": "meta-llama/Llama-2-7b-hf", "gpu": "A10G", "tputs": [
+            [33.74, 9.22, 1.1, 0.08], [5.84, 2.61, 0.59, 0.07], [1.51, 0.75, 0.22, 0.03], [0.0, 0.0, 0.0, 0.0]]}],
     })
 
 

@@ -22,6 +22,16 @@ db_app = typer.Typer(help="The database schema (Alembic migrations).", no_args_i
 app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 
+
+def _register_subcommands() -> None:
+    """Command groups that live in their own modules (each imports its heavy libraries lazily)."""
+    from daemon.cli.profile_cmd import app as profile_app
+
+    app.add_typer(profile_app, name="profile")
+
+
+_register_subcommands()
+
 DEFAULT_SIM_DB = "sqlite:///simulation.db"
 
 
