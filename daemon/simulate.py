@@ -129,7 +129,7 @@ def workload_for(cfg: Config, trace_path: str | None) -> RequestTrace:
 def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | None = None,
              progress: Callable[[float, dict], None] | None = None) -> SimulationSummary:
     wall0 = time.perf_counter()
-    store = Store.open(db_url)
+    store = Store.open(db_url, durable=False)
     upgrade(store.engine)
     with store.session() as s:
         existing = s.query(Decision).count()

@@ -54,6 +54,9 @@ class Loop:
     clock: Callable[[], datetime]
     capacity: CapacityTable | None = None
     _offerings: list[Offering] = field(default_factory=list)
+    # Demand history per service: read from the store once, then extended with the
+    # windows this loop itself records (so a tick does not re-read an hour of rows).
+    _history: dict[str, list] | None = None
 
     def __post_init__(self) -> None:
         if self.capacity is None:
@@ -111,9 +114,15 @@ def run_tick(loop: Loop) -> TickResult:
                 Store.alert(s, now, "warning", "drift", msg)
 
         # -- read what decide needs ------------------------------------------------------
+        since = now - timedelta(seconds=cfg.loop.history_s)
         with store.session() as s:
-            history = {svc.name: Store.demand_history(s, svc.name, grid, now - timedelta(seconds=cfg.loop.history_s))
-                       for svc in cfg.services}
+            if loop._history is None:
+                loop._history = {svc.name: Store.demand_history(s, svc.name, grid, since) for svc in cfg.services}
+            else:
+                for w in new_windows:
+                    loop._history.setdefault(w.service, []).append(w)
+            history = {name: [w for w in ws if w.start >= since] for name, ws in loop._history.items()}
+            loop._history = history
             rows = Store.instances(s, states=frozenset(State) - TERMINAL)
             fleet = [fleet_instance(r) for r in rows]
             cooldown = timedelta(seconds=cfg.policy.market_cooldown_s)
