@@ -211,6 +211,7 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
             "failures": failures,
             "decisions": decisions,
             "failed_ticks": failed_ticks,
+            "capacity_sources": {f"{svc}/{pool}": src for (svc, pool), src in sorted(loop.capacity.provenance.items())},
             "wall_seconds": round(time.perf_counter() - wall0, 2),
             "db": db_url,
         }

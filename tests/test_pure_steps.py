@@ -152,3 +152,17 @@ def test_reconcile_never_launches_past_the_dollar_cap():
     rec = reconcile(_plan({OD: 5}), fleet, {o.key: o for o in OFFERS},
                     PolicyConfig(budget_per_hour=price * 2.5), T0)
     assert len(rec.actions) == 1 and rec.skipped_for_budget == 3
+
+
+def test_reconcile_gives_an_instance_one_action_per_tick():
+    # Found by a 3-day replay: a drain that just finished but is wanted again was both
+    # terminated and brought back. It must only come back.
+    done = FleetInstance(**{**_inst(1, OD, "draining").__dict__, "drain_until": T0 - timedelta(seconds=1)})
+    rec = reconcile(_plan({OD: 1}), [done], {o.key: o for o in OFFERS}, CFG.policy, T0)
+    assert [(a.kind, a.instance_id) for a in rec.actions] == [(ActionKind.UNDRAIN, "i1")]
+    fleet = [FleetInstance(**{**_inst(k, OD, "draining").__dict__, "drain_until": T0 - timedelta(seconds=k)})
+             for k in range(1, 4)] + [_inst(9, OD, "running")]
+    for target in range(0, 6):
+        rec = reconcile(_plan({OD: target}), fleet, {o.key: o for o in OFFERS}, CFG.policy, T0)
+        ids = [a.instance_id for a in rec.actions if a.instance_id]
+        assert len(ids) == len(set(ids)), (target, rec.actions)

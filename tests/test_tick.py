@@ -177,3 +177,21 @@ def test_intent_left_by_a_crash_is_carried_out_once(store, clock):
     _run(loop, clock, 4)
     assert _states(store) == ["running"]
     assert len(loop.provider.list()) == 1
+
+
+def test_a_database_error_mid_tick_is_still_recorded_as_a_failed_decision(store, clock, monkeypatch):
+    cfg = _cfg()
+    loop = _loop(cfg, store, clock, _steady(clock, 2.0))
+    from sqlalchemy.exc import OperationalError
+
+    def broken(*a, **k):
+        raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+
+    monkeypatch.setattr(Store, "create_instance", staticmethod(broken))
+    res = _run(loop, clock, 1)
+    assert res[0].outcome == "failed" and res[0].decision_id is not None
+    monkeypatch.undo()
+    with store.session() as s:
+        d = s.get(Decision, res[0].decision_id)
+        assert d.outcome == "failed" and "disk I/O error" in d.error
+    assert _run(loop, clock, 1)[0].outcome == "applied"

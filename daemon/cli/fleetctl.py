@@ -110,11 +110,12 @@ def simulate(
     db: Optional[str] = typer.Option(None, help=f"database URL (default: a fresh {DEFAULT_SIM_DB})"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     warmup_s: Optional[float] = typer.Option(None, help="seconds of warm start before the workload"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="log every tick (JSON lines on stderr)"),
 ) -> None:
     """Replay a workload through the real control loop in virtual time against the simulated cloud."""
     from daemon.logging import configure_logging
 
-    configure_logging("warning", json=True)
+    configure_logging("info" if verbose else "error", json=True)
     if trace is not None and demo:
         _fail("give either --trace or --demo, not both")
     cfg = _load_config(config)
@@ -185,6 +186,8 @@ def _print_summary(summary: dict) -> None:
     c.print(f"launches            {summary['launches']}    preemptions {summary['preemptions']}    "
             f"failures {summary['failures']}    decisions {summary['decisions']}")
     c.print(f"wall time           {summary['wall_seconds']} s    database {summary['db']}")
+    for pool, src in summary.get("capacity_sources", {}).items():
+        c.print(f"capacity {pool}: {src.split(' (')[0]}")
     c.print(f"next: fleetctl status --db {summary['db']}   |   fleetctl audit --db {summary['db']}")
 
 

@@ -74,10 +74,7 @@ def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offer
     removals_left = policy.max_terminations_per_tick
     skipped_budget = skipped_limits = held = 0
 
-    # 1. Drains that are done become terminations (no budget: the decision was taken earlier).
-    for inst in fleet:
-        if State(inst.state) is State.DRAINING and inst.drain_until is not None and inst.drain_until <= now:
-            actions.append(Action(ActionKind.TERMINATE, inst.service, inst.offering.key, Reason.DRAIN_COMPLETE, inst.id))
+    undrained: set[str] = set()
 
     groups: dict[tuple[str, str], list[FleetInstance]] = defaultdict(list)
     for inst in fleet:
@@ -104,6 +101,7 @@ def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offer
             for inst in draining[:need]:
                 actions.append(Action(ActionKind.UNDRAIN, svc, okey, Reason.LAUNCH_REQUESTED, inst.id,
                                       detail="wanted again before termination"))
+                undrained.add(inst.id)
                 need -= 1
             off = offerings.get(okey) or plan.offerings.get(okey)
             for _ in range(need):
@@ -148,4 +146,10 @@ def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offer
                     else:
                         actions.append(Action(ActionKind.TERMINATE, svc, okey, Reason.SCALE_DOWN, inst.id))
                 removals_left -= 1
+    # Drains that are done become terminations, unless wanted again above (no removal
+    # budget: the decision to remove was taken, and counted, when the drain began).
+    for inst in fleet:
+        if (State(inst.state) is State.DRAINING and inst.id not in undrained
+                and inst.drain_until is not None and inst.drain_until <= now):
+            actions.append(Action(ActionKind.TERMINATE, inst.service, inst.offering.key, Reason.DRAIN_COMPLETE, inst.id))
     return Reconciliation(tuple(actions), skipped_budget, skipped_limits, held)

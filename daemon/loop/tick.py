@@ -216,7 +216,8 @@ def run_tick(loop: Loop) -> TickResult:
             with store.session() as s:
                 from daemon.store.schema import Decision
 
-                d = s.get(Decision, decision_id) if decision_id else Store.start_decision(s, now)
+                # The decision row may have been rolled back with the failed transaction.
+                d = (s.get(Decision, decision_id) if decision_id else None) or Store.start_decision(s, now)
                 d.outcome = "failed"
                 d.error = err[:4000]
                 Store.alert(s, now, "critical", "tick_failed", err[:4000], decision_id=d.id)
