@@ -39,3 +39,23 @@ def test_daemon_refuses_an_unmigrated_database_when_told_not_to_upgrade(db_url):
         ensure_current(st.engine, auto_upgrade=False)
     ensure_current(st.engine, auto_upgrade=True)
     assert current_revision(st.engine) == head_revision()
+
+
+def _upgrade_in_child(url):
+    from daemon.store.migrate import upgrade as up
+    from daemon.store.repo import Store as S
+
+    up(S.open(url).engine)
+
+
+def test_concurrent_upgrades_are_serialized_by_the_lock(db_url):
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_upgrade_in_child, args=(db_url,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert current_revision(Store.open(db_url).engine) == head_revision()
