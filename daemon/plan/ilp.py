@@ -208,8 +208,10 @@ def _solver(cfg: SolverConfig, log_path: str | None):
     pulp = _pulp()
     if cfg.backend == "highs":
         return _HighsWarm(msg=False, timeLimit=cfg.time_limit_s, gapRel=cfg.gap, threads=cfg.threads)
+    # No "-threads 1" for CBC: the bundled CBC 2.10.3 then sometimes deadlocks its only worker
+    # thread until the time limit ("Thread 0 used 0 times, waiting to start 10.0" in its log).
     return pulp.PULP_CBC_CMD(
-        msg=False, timeLimit=cfg.time_limit_s, gapRel=cfg.gap, threads=cfg.threads,
+        msg=False, timeLimit=cfg.time_limit_s, gapRel=cfg.gap, threads=cfg.threads if cfg.threads > 1 else None,
         warmStart=cfg.warm_start, logPath=log_path,
     )
 

@@ -167,7 +167,8 @@ def solve_slices(problem: MelangeProblem, time_limit_s: float | None = None, thr
         prob += pulp.lpSum(load_terms[g]) <= y[g], f"cap_{names.index(g)}"
     prob += pulp.lpSum(problem.gpus[g][0] * y[g] for g in names)
     t0 = time.perf_counter()
-    prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=threads))
+    # threads=None for 1: the bundled CBC can deadlock with "-threads 1" (see ilp._solver)
+    prob.solve(pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, threads=threads if threads > 1 else None))
     seconds = time.perf_counter() - t0
     if prob.sol_status == pulp.const.LpSolutionOptimal:
         status = "optimal"
