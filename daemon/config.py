@@ -203,6 +203,9 @@ class SolverConfig(_Model):
     default_preemptions_per_hour: NonNegFloat = 0.02  # spot hazard of a location with no history
     unserved_penalty_per_rps: PositiveFloat | None = None  # $/h per req/s left unserved; None: derived
     routes_path: str | None = None  # where the gateway routing table JSON is written
+    coverage: Literal["reroute", "pool"] = "reroute"  # zone loss: fleet may reroute / each pool keeps beta
+    spot_locations_per_pool: Annotated[int, Field(ge=0)] = 8  # spot candidates: k cheapest zones per pool; 0 = all
+    max_upfront_scenarios: Annotated[int, Field(ge=0)] = 64  # zone-loss scenarios per service built at once; more: lazily
 
 
 class Config(_Model):

@@ -358,3 +358,42 @@ def test_routing_table_json(tmp_path):
     for r in routes:
         assert math.isclose(sum(r["pools"].values()), 1.0, abs_tol=1e-5)
     assert_capacity_covers(plan, inp)
+
+
+# --- model reductions -----------------------------------------------------------------------------
+
+def test_lazy_zone_loss_scenarios_reach_the_same_optimum():
+    offs = spot_world() + [off("L4", 0.5, SPOT, zone="z2"), off("L4", 0.45, SPOT, zone="z4"), off("A100", 3.0)]
+    inp = make(offs, (demand(rate=60.0),), pol=policy(spot_loss_coverage=0.8))
+    upfront = plan_ilp(inp)
+    lazy = plan_ilp(inp, SolverConfig(max_upfront_scenarios=0))
+    assert lazy.objective == pytest.approx(upfront.objective, rel=1e-6)
+    assert any("zone-loss scenarios added" in n for n in lazy.notes)
+
+
+def test_pool_coverage_mode_keeps_beta_of_each_pool():
+    inp = make(spot_world(), (demand(rate=35.0, gpus=("A10G",)),), pol=policy(spot_loss_coverage=0.8))
+    plan = plan_ilp(inp, SolverConfig(coverage="pool"))
+    total = sum(plan.targets.values())
+    for (_, k), n in plan.targets.items():
+        if plan.offerings[k].market == SPOT:
+            assert total - n >= 0.8 * 3.5 - 1e-9
+
+
+def test_dominated_offerings_get_nothing_but_running_ones_stay_decisions():
+    cheap, dear = off("A10G", 1.0, zone="z1"), off("A10G", 1.5, zone="z2")
+    d = (demand(rate=35.0, gpus=("A10G",)),)
+    plan = plan_ilp(make([cheap, dear], d))
+    assert plan.targets.get(("chat", dear.key), 0) == 0 and plan.targets[("chat", cheap.key)] == 4
+    # instances already on the dearer one are kept (moving costs more than the $0.5/h difference
+    # over the amortization hour would save), so it must remain a variable of the model
+    kept = plan_ilp(make([cheap, dear], d, fleet=instances(dear, 4)))
+    assert kept.targets[("chat", dear.key)] == 4
+
+
+def test_spot_candidates_limited_to_cheapest_locations():
+    offs = [off("A10G", 0.30 + 0.01 * z, SPOT, zone=f"z{z}") for z in range(6)] + [off("A10G", 1.0)]
+    d = (demand(rate=35.0, gpus=("A10G",)),)
+    plan = plan_ilp(make(offs, d, pol=policy(spot_loss_coverage=0.8)), SolverConfig(spot_locations_per_pool=2))
+    used = {plan.offerings[k].zone for (_, k), n in plan.targets.items() if n and plan.offerings[k].market == SPOT}
+    assert used <= {"z0", "z1"}

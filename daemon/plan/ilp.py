@@ -198,6 +198,66 @@ def _service_tputs(sd: ServiceDemand, inputs: PlanInputs) -> dict:
     return {p: t for p, t in out.items() if _pool_gpu(p) in allowed}
 
 
+def _undominated(service, keys, universe, m, is_frozen, eff_price, quotas) -> list[str]:
+    """Drop offerings no optimal plan needs.
+
+    o is dominated by o' when both have the same pool and market, are in the same location
+    if spot (zone-loss scenarios treat locations apart; on-demand is never lost), match the
+    same quotas, o' is open for launches and costs no more (price with expected preemption
+    cost; launch cost scales with price), and o runs nothing of this service now. Moving
+    o's instances to o' then never costs more and keeps every constraint, so n_o = 0 loses
+    nothing; and the model gets far smaller on large catalogs (200 offerings -> tens).
+    """
+    best: dict[tuple, tuple[float, str]] = {}
+    groups: dict[str, tuple] = {}
+    for k in keys:
+        o = universe[k]
+        sig = (o.pool, str(o.market), o.location if o.market == Market.SPOT else "",
+               tuple(i for i, q in enumerate(quotas) if _quota_matches(q, o)))
+        groups[k] = sig
+        if is_frozen(o):
+            continue
+        cand = (eff_price(o), k)
+        if sig not in best or cand < best[sig]:
+            best[sig] = cand
+    out = []
+    for k in keys:
+        o, sig = universe[k], groups[k]
+        if m.get((service, k), 0) > 0:
+            out.append(k)
+        elif is_frozen(o):
+            continue  # nothing runs there and nothing may start: no variable
+        elif best[sig][1] == k:
+            out.append(k)
+    return out
+
+
+def _cheapest_spot_locations(service, keys, universe, m, eff_price, k: int) -> list[str]:
+    """Keep spot offerings of the k cheapest locations per pool (plus where the service runs now).
+
+    A restriction, not a dominance: it trades a possibly cheaper spread over many
+    near-equal zones for a much smaller search (zone-loss coverage makes the choice of
+    zones combinatorial). k is solver.spot_locations_per_pool; 0 keeps every location.
+    """
+    by_pool: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for key in keys:
+        o = universe[key]
+        if o.market == Market.SPOT and m.get((service, key), 0) == 0:
+            by_pool[o.pool].append((eff_price(o), key))
+    keep_spot: set[str] = set()
+    for pool, cands in by_pool.items():
+        locs: list[str] = []
+        for _, key in sorted(cands):
+            loc = universe[key].location
+            if loc not in locs:
+                if len(locs) >= k:
+                    continue
+                locs.append(loc)
+            keep_spot.add(key)
+    return [key for key in keys
+            if universe[key].market != Market.SPOT or m.get((service, key), 0) > 0 or key in keep_spot]
+
+
 def _pool_gpu(pool: str) -> str:
     """"A100-80GBx2" -> "A100-80GB" (Offering.pool is f"{gpu}x{gpu_count}")."""
     mt = re.fullmatch(r"(.+)x(\d+)", pool)
@@ -337,6 +397,10 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
     def eff_price(o: Offering) -> float:
         return o.price_per_hour * (1.0 + hazard(o) * lead_h)
 
+    def is_frozen(o: Offering) -> bool:
+        """No new instances here: cooldown, left the catalog, or spot switched off."""
+        return o.key in inputs.unavailable or o.key not in catalog or (o.market == Market.SPOT and not policy.spot)
+
     def launch_cost(o: Offering) -> float:
         return (lead_h * o.price_per_hour + cfg.launch_penalty_usd) / W
 
@@ -360,7 +424,10 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
             raise PlanInputError(f"service {sd.service!r}: forecast.rate_rps must be >= 0, got {rate_raw}")
         rate = rate_raw * (1.0 + policy.headroom)
         classes = route_classes(tuple(map(tuple, mix)), rate, tputs, cfg.routing)
-        offers = [k for k, o in universe.items() if o.pool in tputs and o.gpu in sd.allowed_gpus]
+        usable = [k for k, o in universe.items() if o.pool in tputs and _pool_gpu(o.pool) in sd.allowed_gpus]
+        offers = _undominated(sd.service, usable, universe, m, is_frozen, eff_price, inputs.quotas)
+        if cfg.spot_locations_per_pool:
+            offers = _cheapest_spot_locations(sd.service, offers, universe, m, eff_price, cfg.spot_locations_per_pool)
         offers += [k for (s, k) in m if s == sd.service and k not in offers]
         svc = _Svc(si, sd.service, sd, rate, classes, offers, tputs=tputs)
         svcs.append(svc)
@@ -369,11 +436,7 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
         for oi, key in enumerate(offers):
             o = universe[key]
             cur = m.get((sd.service, key), 0)
-            frozen = (
-                key in inputs.unavailable
-                or key not in catalog
-                or (o.market == Market.SPOT and not policy.spot)
-            )
+            frozen = is_frozen(o)
             n = pulp.LpVariable(f"n_{si}_{oi}", lowBound=0, upBound=cur if frozen else None, cat="Integer")
             n.setInitialValue(cur)
             svc.n[key] = n
@@ -511,6 +574,11 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
             o = universe[k]
             if o.market == Market.SPOT and o.location == loc and o.pool in svc.cap:
                 lost[o.pool].append(n)
+        if cfg.coverage == "pool":
+            for p, cap in svc.cap.items():
+                if lost.get(p):
+                    prob.addConstraint(cap - pulp.lpSum(lost[p]) >= beta * svc.load[p], f"cover_pool_{si}_{li}_{p}")
+            return
         sloads: dict[str, list] = defaultdict(list)
         for ki, k in enumerate(svc.classes):
             parts, served = [], []
@@ -533,8 +601,13 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
         for svc in svcs
     }
     if beta > 0:
-        for svc in svcs:  # seed with where spot runs now: the solution likely keeps it there
-            for (s, k), cnt in m.items():
+        for svc in svcs:
+            if len(spot_locs[svc.name]) <= cfg.max_upfront_scenarios:
+                # all at once: one solve, and the LP bound sees the coverage from the start
+                for loc in sorted(spot_locs[svc.name]):
+                    add_scenario(svc, loc)
+                continue
+            for (s, k), cnt in m.items():  # seed with where spot runs now: likely kept there
                 o = universe[k]
                 if s == svc.name and cnt > 0 and o.market == Market.SPOT and o.location in spot_locs[svc.name]:
                     if o.location not in svc.scenarios:
