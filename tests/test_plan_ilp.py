@@ -203,6 +203,15 @@ def test_unavailable_offerings_get_nothing():
     assert sum(plan.targets.values()) == 4
 
 
+def test_unavailable_offering_with_instances_gets_no_new_ones():
+    offs = spot_world()
+    cheapest = offs[1]
+    d = (demand(rate=55.0, gpus=("A10G",)),)
+    plan = plan_ilp(make(offs, d, fleet=instances(cheapest, 2), unavailable=frozenset({cheapest.key})))
+    assert plan.targets[("chat", cheapest.key)] <= 2
+    assert sum(plan.targets.values()) >= 6
+
+
 def test_spot_switched_off_by_policy():
     plan = plan_ilp(make(spot_world(), (demand(rate=35.0, gpus=("A10G",)),), pol=policy(spot=False)))
     assert all(plan.offerings[k].market == OD for (_, k), n in plan.targets.items() if n)
