@@ -406,3 +406,14 @@ def test_spot_candidates_limited_to_cheapest_locations():
     plan = plan_ilp(make(offs, d, pol=policy(spot_loss_coverage=0.8)), SolverConfig(spot_locations_per_pool=2))
     used = {plan.offerings[k].zone for (_, k), n in plan.targets.items() if n and plan.offerings[k].market == SPOT}
     assert used <= {"z0", "z1"}
+
+
+def test_idle_service_keeps_capacity_for_a_forecast_return():
+    o = off("A10G", 1.0)
+    night = (demand(rate=0.0, gpus=("A10G",), lookahead=35.0),)
+    assert plan_ilp(make([o], night, fleet=instances(o, 4))).targets[("chat", o.key)] == 4
+
+
+def test_nothing_to_plan():
+    plan = plan_ilp(make([off("A10G", 1.0)], (demand(rate=10.0, gpus=("H100",)),)))
+    assert plan.acceptable and plan.targets == {} and plan.unserved_rps == {"chat": 10.0}

@@ -71,8 +71,25 @@ only and costs a disruption and a relaunch, so small dips do not tear capacity d
 a lasting decrease saves the price for all of W and does. Steady demand never pays
 change costs, so the current fleet stays put.
 
-A limit (budget, quota, launch/termination budget, on-demand share, zone-loss
-coverage) whose constraint is tight at the solution is reported in `binding`;
+Model size and solve time
+-------------------------
+- Dominance: an offering with no instances of the service is dropped when another one
+  of the same pool, market, quota set (and location, for spot) is open and no dearer
+  (`_undominated`; exact). A 200-offering catalog shrinks to tens of variables.
+- Spot candidates: only the `solver.spot_locations_per_pool` cheapest locations per pool
+  (plus where the service runs now) are offered spot (a restriction; 0 = all).
+- Zone-loss scenarios are all built up front when there are at most
+  `solver.max_upfront_scenarios` per service, else added lazily as above.
+- `solver.coverage = "pool"` replaces rerouting scenarios by the stricter per-pool rule
+  cap_p - spot_p(L) >= beta load_p (no scenario variables).
+The coverage constraints make the LP bound weak (the relaxation spreads fractions of an
+instance over every zone, the integer plan loses whole instances), so large joint
+problems often stop at `solver.time_limit_s` with a proven gap of a few percent while the
+incumbent no longer improves; the plan is then "feasible" with that gap and is usable.
+
+A limit (budget, quota, launch/termination budget, on-demand share) whose constraint
+is tight at the solution is reported in `binding`, as are min replicas that could not be
+met and buckets no pool can serve;
 unserved demand in `unserved_rps`. A solve that fails (infeasible, error, time
 out without a solution, bad inputs) returns the current fleet as targets with a
 status other than optimal/feasible: the caller keeps the fleet.
@@ -497,7 +514,7 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
 
         # lookahead peak: capacity a returning peak needs is relaunched at a cost if not kept
         peak = sd.lookahead_rate_rps
-        if peak is not None and peak > rate_raw and classes:
+        if peak is not None and peak > rate_raw:
             prate = peak * (1.0 + policy.headroom)
             pclasses = route_classes(tuple(map(tuple, mix)), prate, tputs, cfg.routing)
             for oi, key in enumerate(offers):
@@ -562,6 +579,8 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
             limits[f"quota:{q.label}:gpus"] = c
 
     prob += pulp.lpSum(obj)
+    if not prob.variables():  # nothing to decide (no services, or nothing can serve them)
+        return _extract(inputs, cfg, svcs, universe, m, limits, "optimal", 0.0, 0.0, solver_name, notes, 0.0)
 
     # zone-loss coverage scenarios, added lazily (see docstring)
     beta = policy.spot_loss_coverage
