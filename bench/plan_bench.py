@@ -186,23 +186,21 @@ LOCATIONS = [("aws", "us-east-1", z) for z in "abcdf"] + [("aws", "us-west-2", z
 
 
 def offerings(n: int, seed: int = 1) -> list[Offering]:
-    """n offerings cycling GPU types over locations and markets, with seeded price spread."""
+    """n offerings: the 4 GPU types on-demand first, then (GPU, location) pairs alternating
+    spot / on-demand over 18 locations, with a seeded price spread (spot 30-60% of on-demand)."""
     rng = random.Random(seed)
-    out, k = [], 0
     gpus = list(CHIPS)
+    out = [Offering("aws", "us-east-1", "us-east-1a", f"{g}-od", g, 1, Market.ON_DEMAND, PRICES[g]) for g in gpus]
+    k = 0
     while len(out) < n:
-        gpu = gpus[k % len(gpus)]
-        cloud, region, zone = LOCATIONS[(k // len(gpus)) % len(LOCATIONS)]
-        market = Market.ON_DEMAND if (k // (len(gpus) * len(LOCATIONS))) % 2 == 0 else Market.SPOT
+        gpu = gpus[(k // 2) % len(gpus)]
+        cloud, region, zone = LOCATIONS[(k // (2 * len(gpus))) % len(LOCATIONS)]
+        market = Market.SPOT if k % 2 == 0 else Market.ON_DEMAND
         base = PRICES[gpu] * rng.uniform(0.95, 1.15)
         price = base if market == Market.ON_DEMAND else base * rng.uniform(0.3, 0.6)
         z = f"{region}{zone}" if zone else None
         out.append(Offering(cloud, region, z, f"{gpu}-{cloud}-{k}", gpu, 1, market, round(price, 4)))
         k += 1
-        if n <= 8 and len(out) == len(gpus):  # small sets: one od + one spot per GPU type
-            for o in list(out):
-                out.append(Offering(o.cloud, o.region, o.zone, o.instance_type, o.gpu, 1, Market.SPOT,
-                                    round(o.price_per_hour * 0.4, 4)))
     return out[:n]
 
 
@@ -265,14 +263,26 @@ def part_scale(args) -> list[dict]:
             cur[(f.service, f.offering.key)] = cur.get((f.service, f.offering.key), 0) + 1
         launches = sum(max(0, n - cur.get(k, 0)) for k, n in plan.targets.items())
         terms = sum(max(0, n - plan.targets.get(k, 0)) for k, n in cur.items())
-        if (n_in, n_out) == grids[-1] and n_off == sizes[-1]:
+        if (n_in, n_out) == grids[-1] and n_off == sizes[-1] and routing == "input":
             worst = max(worst, wall)
         gap = "-" if plan.gap is None else f"{plan.gap:.4f}"
         rows.append(dict(grid=f"{n_in}x{n_out}", offerings=n_off, services=n_svc, routing=routing,
                          status=plan.status, cost=plan.cost_per_hour, wall=wall, solve=plan.solve_seconds))
         print(f"| {n_in}x{n_out} | {n_off} | {n_svc} | {routing} | {plan.status} | {plan.cost_per_hour:.2f} | "
               f"{launches} | {terms} | {wall:.3f} | {plan.solve_seconds:.3f} | {gap} |", flush=True)
-    print(f"\nslowest solve at the largest size ({grids[-1][0]}x{grids[-1][1]}, {sizes[-1]} offerings): {worst:.3f} s")
+    if args.check_incumbent:
+        (n_in, n_out), n_off, n_svc = grids[-1], sizes[-1], services[-1]
+        cold = plan_ilp(planner_inputs(n_in, n_out, n_off, n_svc, args.rate * 0.8), cfg)
+        inp = planner_inputs(n_in, n_out, n_off, n_svc, args.rate, fleet_from=cold)
+        print(f"\nincumbent check at {n_in}x{n_out}, {n_off} offerings, {n_svc} services (objective incl. change costs):")
+        for backend, limit in (("cbc", args.time_limit), ("cbc", 60.0), ("highs", 60.0)):
+            c = cfg.model_copy(update={"backend": backend, "time_limit_s": limit})
+            p = plan_ilp(inp, c)
+            gap = "-" if p.gap is None else f"{p.gap:.4f}"
+            print(f"  {backend:5s} limit {limit:5.1f} s: {p.status}, objective {p.objective:.3f}, "
+                  f"cost {p.cost_per_hour:.2f} $/h, gap {gap}, {p.solve_seconds:.2f} s")
+    print(f"\nslowest routable solve at the largest size ({grids[-1][0]}x{grids[-1][1]}, {sizes[-1]} offerings): "
+          f"{worst:.3f} s")
     return rows
 
 
@@ -283,6 +293,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=40.0, help="req/s of the (first) service")
     ap.add_argument("--solver", choices=["cbc", "highs"], default="cbc")
     ap.add_argument("--melange-time-limit", type=float, default=120.0)
+    ap.add_argument("--check-incumbent", action="store_true",
+                    help="part 2: re-solve the largest case for 60 s with CBC and HiGHS to see how good the incumbent is")
     ap.add_argument("--time-limit", type=float, default=1.5, help="planner time limit per solve in part 2")
     args = ap.parse_args(argv)
     print(f"# plan_bench ({'quick' if args.quick else 'full'}; solver {args.solver}; python {sys.version.split()[0]})")

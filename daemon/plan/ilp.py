@@ -639,6 +639,10 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
         total_seconds += seconds
         if gap is not None:
             gaps.append(gap)
+        if status == "feasible" and (gap is None or gap > cfg.accept_gap):
+            # stopped at the time limit far from proven: the incumbent may be little more than
+            # the warm start (or an empty fleet on a cold start); acting on it is not safe
+            status = f"time_limit: gap {'unknown' if gap is None else f'{gap:.3g}'} > accept_gap {cfg.accept_gap}"
         if status not in ("optimal", "feasible"):
             why = f"solver status {status} after {total_seconds:.2f}s"
             return _kept_plan(inputs, status.split(":")[0], why + "; keeping the current fleet", solver_name,
