@@ -193,6 +193,7 @@ class SolverConfig(_Model):
     backend: Literal["cbc", "highs"] = "cbc"  # PuLP's bundled CBC, or HiGHS through highspy
     time_limit_s: PositiveFloat = 10.0
     gap: Annotated[float, Field(ge=0, le=1)] = 0.001  # relative MIP gap at which to stop
+    decompose: bool = True  # solve services apart first; joint only if a shared limit binds
     accept_gap: Annotated[float, Field(ge=0)] = 0.25  # a time-limited plan is used only within this gap
     threads: Annotated[int, Field(ge=1)] = 1
     warm_start: bool = True  # start from the current fleet

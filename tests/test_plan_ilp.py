@@ -417,3 +417,18 @@ def test_idle_service_keeps_capacity_for_a_forecast_return():
 def test_nothing_to_plan():
     plan = plan_ilp(make([off("A10G", 1.0)], (demand(rate=10.0, gpus=("H100",)),)))
     assert plan.acceptable and plan.targets == {} and plan.unserved_rps == {"chat": 10.0}
+
+
+def test_per_service_decomposition_matches_joint_and_falls_back_when_limits_bind():
+    offs = spot_world() + [off("L4", 0.5, SPOT, zone="z2"), off("A100", 3.0)]
+    d = (demand("a", rate=35.0), demand("b", rate=80.0, gpus=("A10G", "A100")))
+    pol = policy(spot_loss_coverage=0.8)
+    joint = plan_ilp(make(offs, d, pol=pol), SolverConfig(decompose=False))
+    split = plan_ilp(make(offs, d, pol=pol))
+    assert split.objective == pytest.approx(joint.objective, rel=1e-6)
+    assert any("solved per service" in n for n in split.notes)
+    # a budget each service alone can spend in full: the union exceeds it, the joint model decides
+    cap = 2.0
+    plan = plan_ilp(make(offs, d, pol=policy(spot_loss_coverage=0.8, budget_per_hour=cap)))
+    assert plan.cost_per_hour <= cap + 1e-9 and sum(plan.unserved_rps.values()) > 0
+    assert "budget" in plan.binding and not any("solved per service" in n for n in plan.notes)

@@ -379,9 +379,70 @@ def plan_ilp(inputs: PlanInputs, solver_cfg: SolverConfig | None = None) -> Plan
     cfg = solver_cfg or SolverConfig()
     solver_name = f"ilp-{cfg.backend}"
     try:
+        if cfg.decompose and len(inputs.demands) > 1:
+            merged = _plan_per_service(inputs, cfg, solver_name)
+            if merged is not None:
+                return merged
         return _plan(inputs, cfg, solver_name)
     except PlanInputError as e:
         return _kept_plan(inputs, "invalid_input", str(e), solver_name)
+
+
+def _plan_per_service(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan | None:
+    """Solve each service alone; return the union if it also keeps the shared limits, else None.
+
+    Services share only the budget, quotas and the per-tick launch/termination limits, and
+    the objective is a sum over services. Each service alone, given every shared limit in
+    full, is a relaxation of the joint problem; if the union of the per-service optima keeps
+    the shared limits it is optimal for the joint problem too (within the largest per-service
+    gap). Small models solve far faster than the joint one, whose zone-loss scenarios make
+    the LP bound weak. When a shared limit is violated the caller solves jointly.
+    """
+    import dataclasses
+
+    pol = inputs.policy
+    if pol.budget_per_hour is not None and any(
+        sd.lookahead_rate_rps is not None and sd.lookahead_rate_rps > sd.forecast.rate_rps for sd in inputs.demands
+    ):
+        return None  # the peak budget couples the relaunch variables too; keep it simple: joint
+    sub_cfg = cfg.model_copy(update={"time_limit_s": cfg.time_limit_s / len(inputs.demands)})
+    subs = []
+    for sd in inputs.demands:
+        fleet = tuple(f for f in inputs.fleet if f.service == sd.service)
+        sub = _plan(dataclasses.replace(inputs, demands=(sd,), fleet=fleet), sub_cfg, solver_name)
+        if not sub.acceptable:
+            return None
+        subs.append(sub)
+    targets = {k: n for sub in subs for k, n in sub.targets.items()}
+    offerings = {k: o for sub in subs for k, o in sub.offerings.items()}
+    m = _current_counts(inputs)
+    tol = 1e-9
+    cost = sum(n * offerings[k].price_per_hour for (_, k), n in targets.items())
+    if pol.budget_per_hour is not None and cost > pol.budget_per_hour + tol:
+        return None
+    launches = sum(max(0, n - m.get(sk, 0)) for sk, n in targets.items())
+    terms = sum(max(0, c - targets.get(sk, 0)) for sk, c in m.items())
+    if launches > pol.max_launches_per_tick or terms > pol.max_terminations_per_tick:
+        return None
+    for q in inputs.quotas:
+        used_i = sum(n for (_, k), n in targets.items() if _quota_matches(q, offerings[k]))
+        used_g = sum(n * offerings[k].gpu_count for (_, k), n in targets.items() if _quota_matches(q, offerings[k]))
+        if (q.max_instances is not None and used_i > q.max_instances) or (q.max_gpus is not None and used_g > q.max_gpus):
+            return None
+    gaps = [sub.gap for sub in subs if sub.gap is not None]
+    return Plan(
+        targets=targets, offerings=offerings, routes=tuple(r for sub in subs for r in sub.routes),
+        cost_per_hour=round(cost, 6),
+        status="optimal" if all(sub.status == "optimal" for sub in subs) else "feasible",
+        solver=solver_name, solve_seconds=round(sum(sub.solve_seconds for sub in subs), 4),
+        gap=max(gaps) if gaps else None,
+        utilization={k: v for sub in subs for k, v in sub.utilization.items()},
+        binding=tuple(dict.fromkeys(b for sub in subs for b in sub.binding)),
+        unserved_rps={k: v for sub in subs for k, v in sub.unserved_rps.items()},
+        notes=tuple(dict.fromkeys([n for sub in subs for n in sub.notes]
+                                  + ["solved per service: shared budget, quotas and limits were slack"])),
+        objective=sum(sub.objective or 0.0 for sub in subs),
+    )
 
 
 def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
@@ -686,6 +747,7 @@ def _extract(inputs, cfg, svcs, universe, m, limits, status, gap, seconds, solve
     routes: list[Route] = []
     unserved: dict[str, float] = {}
     binding: list[str] = []
+    short = False  # demand a limit could be blamed for went unserved
 
     for svc in svcs:
         counts: dict[str, int] = {}
@@ -708,12 +770,16 @@ def _extract(inputs, cfg, svcs, universe, m, limits, status, gap, seconds, solve
         for ki, k in enumerate(svc.classes):
             if not any(p in svc.cap for p in k.load):
                 binding.append(f"unservable:{svc.name}:{k.label}")
+                left -= k.rate  # no limit is to blame for these
+        if left > 1e-6:
+            short = True
         if svc.e is not None and _val(svc.e) > 1e-6:
             binding.append(f"min_replicas:{svc.name}")
         routes.extend(_routes_for(svc, inputs, replicas))
 
+    short = short or any(b.startswith("min_replicas:") for b in binding)
     for name, con in limits.items():
-        if _tight(con):
+        if _tight(con, short):
             binding.append(name)
 
     if unserved:
@@ -726,15 +792,22 @@ def _extract(inputs, cfg, svcs, universe, m, limits, status, gap, seconds, solve
     )
 
 
-def _tight(con) -> bool:
-    """A limit is binding when its slack is ~0 and it constrains something that is not zero.
+def _tight(con, short: bool) -> bool:
+    """Whether a limit binds: slack ~0, or, while demand goes short, too little slack for one
+    more unit of anything it counts (a $2.00 budget with $1.86 spent and $0.30 instances).
 
     PuLP keeps `lhs <= rhs` as `lhs - rhs <= 0`, so the constraint's value is minus its slack.
     """
     activity = sum(abs(coef * _val(v)) for v, coef in con.items())
     if activity <= 1e-6:
         return False
-    return abs(_val(con)) <= 1e-5 * max(1.0, abs(con.constant), activity)
+    slack = abs(_val(con))
+    if slack <= 1e-5 * max(1.0, abs(con.constant), activity):
+        return True
+    if short and con.sense == _pulp().const.LpConstraintLE:
+        step = min((coef for v, coef in con.items() if coef > 0 and v.cat == "Integer"), default=None)
+        return step is not None and slack < step - 1e-9
+    return False
 
 
 def _routes_for(svc: _Svc, inputs: PlanInputs, replicas: dict) -> list[Route]:
