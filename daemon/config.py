@@ -154,6 +154,63 @@ class PolicyConfig(_Model):
     market_cooldown_s: NonNegFloat = 600.0  # a spot market that failed/preempted gets nothing for this long
 
 
+class QuotaConfig(_Model):
+    """A cap on instances or GPUs over the offerings it matches (cloud quotas, org policy).
+
+    Unset filters match everything, so `{cloud = "aws", region = "us-east-1", market = "spot",
+    max_gpus = 32}` is AWS's per-region spot GPU quota and a quota naming every field is a
+    per-offering cap. At least one of max_instances / max_gpus must be given.
+    """
+
+    name: str | None = None  # how alerts name it; default built from the filters
+    cloud: str | None = None
+    region: str | None = None
+    zone: str | None = None
+    instance_type: str | None = None
+    gpu: str | None = None
+    market: Literal["on-demand", "spot"] | None = None
+    max_instances: Annotated[int, Field(ge=0)] | None = None
+    max_gpus: Annotated[int, Field(ge=0)] | None = None
+
+    @model_validator(mode="after")
+    def _has_limit(self) -> "QuotaConfig":
+        if self.max_instances is None and self.max_gpus is None:
+            raise ValueError("a quota needs max_instances or max_gpus")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        parts = [f"{k}={getattr(self, k)}" for k in ("cloud", "region", "zone", "instance_type", "gpu", "market")
+                 if getattr(self, k) is not None]
+        return ",".join(parts) or "all"
+
+
+class SolverConfig(_Model):
+    """How the planner's integer program is built and solved (daemon/plan/ilp.py)."""
+
+    # PuLP's bundled CBC, HiGHS through highspy, or the one-pool greedy heuristic (daemon/plan/greedy.py).
+    backend: Literal["cbc", "highs", "greedy"] = "cbc"
+    time_limit_s: PositiveFloat = 10.0
+    gap: Annotated[float, Field(ge=0, le=1)] = 0.001  # relative MIP gap at which to stop
+    decompose: bool = True  # solve services apart first; joint only if a shared limit binds
+    accept_gap: Annotated[float, Field(ge=0)] = 0.25  # a time-limited plan is used only within this gap
+    threads: Annotated[int, Field(ge=1)] = 1
+    warm_start: bool = True  # start from the current fleet
+    routing: Literal["input", "cell"] = "input"  # route by input bucket (routable) or (input, output) cell
+    slice_factor: Annotated[int, Field(ge=1)] | None = None  # None: continuous shares; S: shares in 1/S steps
+    amortize_h: PositiveFloat = 1.0  # one-off change costs are spread over this many hours
+    launch_penalty_usd: NonNegFloat = 0.5  # per launch, on top of lead time x price
+    disruption_usd: NonNegFloat = 0.5  # per termination, on top of drain time x price
+    default_preemptions_per_hour: NonNegFloat = 0.02  # spot hazard of a location with no history
+    unserved_penalty_per_rps: PositiveFloat | None = None  # $/h per req/s left unserved; None: derived
+    routes_path: str | None = None  # where the gateway routing table JSON is written
+    coverage: Literal["reroute", "pool"] = "reroute"  # zone loss: fleet may reroute / each pool keeps beta
+    spot_locations_per_pool: Annotated[int, Field(ge=0)] = 8  # spot candidates: k cheapest zones per pool; 0 = all
+    max_upfront_scenarios: Annotated[int, Field(ge=0)] = 64  # zone-loss scenarios per service built at once; more: lazily
+
+
 class Config(_Model):
     store: StoreConfig = StoreConfig()
     loop: LoopConfig = LoopConfig()
@@ -165,6 +222,8 @@ class Config(_Model):
     # the estimator (daemon/capacity), flagged as such.
     capacity: list[CapacityEntry] = Field(default_factory=list)
     profiles: "ProfilesConfig" = Field(default_factory=lambda: ProfilesConfig())
+    quotas: list[QuotaConfig] = Field(default_factory=list)
+    solver: SolverConfig = SolverConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

@@ -205,12 +205,17 @@ class FleetInstance:
 
 @dataclass(frozen=True)
 class Route:
-    """Share of a service's requests of one input bucket that a pool should get."""
+    """Share of a service's requests of one input bucket that a pool should get.
+
+    `output_bucket` is None for routable plans (a router only knows the input length);
+    Mélange-style (input, output) plans set it.
+    """
 
     service: str
     input_bucket: int
     pool: str
     weight: float
+    output_bucket: int | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,12 @@ class Plan:
     binding: tuple[str, ...] = ()  # names of limits that bound the plan (budget, quota...)
     unserved_rps: dict[str, float] = field(default_factory=dict)  # service -> demand left unserved
     notes: tuple[str, ...] = ()
+    objective: float | None = None  # solver objective ($/h incl. change and risk costs, penalties)
+
+    @property
+    def acceptable(self) -> bool:
+        """Whether a caller may act on the targets (otherwise it keeps the current fleet)."""
+        return self.status in ("optimal", "feasible", "heuristic")
 
     def target_for(self, service: str) -> dict[str, int]:
         return {k: n for (s, k), n in self.targets.items() if s == service and n > 0}

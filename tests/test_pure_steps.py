@@ -10,7 +10,8 @@ from daemon.capacity import capacity_table
 from daemon.domain import DemandWindow, FleetInstance, Market, Offering
 from daemon.lifecycle import Reason
 from daemon.loop.reconcile import ActionKind, reconcile
-from daemon.plan import PlanInputs, ServiceDemand, plan
+from daemon.plan import PlanInputs, ServiceDemand
+from daemon.plan.greedy import plan_greedy as plan  # the heuristic backend; the ILP has its own tests
 from forecast.baseline import recent_peak
 from providers.simulated import load_offerings
 from tests.conftest import T0

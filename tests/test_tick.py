@@ -21,7 +21,8 @@ def _cfg(**policy):
         "provider": {"simulated": {"stockout_probability": 0, "launch_failure_probability": 0,
                                    "spot_preemptions_per_hour": 0, "launch_latency_s": [90, 90]}},
         "services": [{"name": "chat", "gpus": ["A10G"], "min_replicas": 1}],
-        "policy": {"scale_down_delay_s": 300, "drain_s": 60, **policy},
+        # On-demand only unless a test asks for spot: replica counts then follow from MaxTput alone.
+        "policy": {"scale_down_delay_s": 300, "drain_s": 60, "spot": False, **policy},
         # A fixed MaxTput table keeps these tests about the loop, not about the estimator.
         "capacity": [{"model": "meta-llama/Llama-2-7b-hf", "gpu": "A10G", "tputs": [
             [33.74, 9.22, 1.1, 0.08], [5.84, 2.61, 0.59, 0.07], [1.51, 0.75, 0.22, 0.03], [0.0, 0.0, 0.0, 0.0]]}],
@@ -83,7 +84,7 @@ def test_scale_down_drains_before_terminating(store, clock):
 
 
 def test_preemption_is_recorded_and_replaced(store, clock):
-    cfg = _cfg(spot_loss_coverage=0.0)
+    cfg = _cfg(spot=True, spot_loss_coverage=0.0)
     loop = _loop(cfg, store, clock, _steady(clock, 6.0))
     _run(loop, clock, 5)
     # Take one spot zone away (the world's edge: the simulated cloud's capacity).

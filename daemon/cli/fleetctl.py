@@ -27,7 +27,10 @@ def _register_subcommands() -> None:
     """Command groups that live in their own modules (each imports its heavy libraries lazily)."""
     from daemon.cli.profile_cmd import app as profile_app
 
+    from daemon.cli.plan_cmd import app as plan_app
+
     app.add_typer(profile_app, name="profile")
+    app.add_typer(plan_app, name="plan")
 
 
 _register_subcommands()

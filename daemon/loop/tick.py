@@ -26,7 +26,7 @@ import structlog
 from daemon.capacity import capacity_table
 from daemon.config import Config
 from daemon.demand.source import DemandSource
-from daemon.domain import CapacityTable, DemandForecast, Offering, Plan
+from daemon.domain import CapacityTable, DemandForecast, FleetInstance, Offering, Plan
 from daemon.lifecycle import LIVE, TERMINAL, Reason, State
 from daemon.loop.reconcile import Action, ActionKind, reconcile
 from daemon.loop.sync import sync_from_provider
@@ -86,11 +86,80 @@ def plan_dict(p: Plan) -> dict:
         "status": p.status, "solver": p.solver, "cost_per_hour": round(p.cost_per_hour, 4),
         "solve_seconds": round(p.solve_seconds, 4), "gap": p.gap,
         "targets": [{"service": s, "offering": k, "count": n} for (s, k), n in sorted(p.targets.items())],
-        "routes": [{"service": r.service, "input_bucket": r.input_bucket, "pool": r.pool, "weight": round(r.weight, 4)}
-                   for r in p.routes],
+        "routes": [{"service": r.service, "input_bucket": r.input_bucket, "output_bucket": r.output_bucket,
+                    "pool": r.pool, "weight": round(r.weight, 4)} for r in p.routes],
+        "objective": p.objective,
         "utilization": {k: round(v, 4) for k, v in p.utilization.items()},
         "binding": list(p.binding), "unserved_rps": p.unserved_rps, "notes": list(p.notes),
     }
+
+
+@dataclass(frozen=True)
+class FleetState:
+    """What the store says about the fleet and the markets, read once per tick."""
+
+    fleet: list[FleetInstance]  # every non-terminal instance
+    unavailable: frozenset[str]  # spot offering keys in a cooldown
+    preemptions_per_hour: dict[str, float]  # location -> spot losses per hour over the last day
+    recently_lost: Counter  # service -> instances lost since the last tick
+
+
+def read_fleet_state(cfg: Config, s, now: datetime, offerings: list[Offering]) -> FleetState:
+    rows = Store.instances(s, states=frozenset(State) - TERMINAL)
+    cooldown = timedelta(seconds=cfg.policy.market_cooldown_s)
+    bad = Store.recent_events(s, now - cooldown, [Reason.PREEMPTED, Reason.NO_CAPACITY])
+    day = timedelta(hours=24)
+    preempted_day = Store.recent_events(s, now - day, [Reason.PREEMPTED])
+    lost = Store.recent_events(s, now - timedelta(seconds=cfg.loop.tick_interval_s * 2),
+                               [Reason.PREEMPTED, Reason.LAUNCH_FAILED, Reason.NO_CAPACITY])
+    return FleetState(
+        fleet=[fleet_instance(r) for r in rows], unavailable=cooldown_offerings(bad, offerings),
+        preemptions_per_hour=hazard_per_location(preempted_day, day),
+        recently_lost=Counter(i.service for _, i in lost),
+    )
+
+
+def forecast_all(cfg: Config, history: dict[str, list], now: datetime) -> dict[str, DemandForecast]:
+    grid = cfg.buckets.grid()
+    return {
+        svc.name: recent_peak(history.get(svc.name, []), svc.name, now, cfg.loop.horizon_s, grid,
+                              peak_window_s=max(cfg.policy.scale_down_delay_s, cfg.loop.window_s))
+        for svc in cfg.services
+    }
+
+
+def build_plan_inputs(cfg: Config, now: datetime, forecasts: dict[str, DemandForecast], capacity: CapacityTable,
+                      offerings: list[Offering], state: FleetState) -> PlanInputs:
+    return PlanInputs(
+        now=now, grid=cfg.buckets.grid(),
+        demands=tuple(ServiceDemand(svc.name, forecasts[svc.name], svc.min_replicas, tuple(svc.gpus),
+                                    lookahead_rate_rps=forecasts[svc.name].details.get("lookahead_rate_rps"))
+                      for svc in cfg.services),
+        capacity=capacity, offerings=tuple(offerings),
+        fleet=tuple(f for f in state.fleet if State(f.state) in LIVE), policy=cfg.policy,
+        unavailable=state.unavailable, preemptions_per_hour=state.preemptions_per_hour,
+        lead_time_s=cfg.loop.lead_time_s, quotas=tuple(cfg.quotas),
+    )
+
+
+def inputs_from_store(cfg: Config, db_url: str | None, provider: Provider | None = None,
+                      now: datetime | None = None) -> PlanInputs:
+    """PlanInputs as the next tick would build them, from the store (for `fleetctl plan`)."""
+    from datetime import timezone
+
+    now = now or datetime.now(timezone.utc)
+    store = Store.open(db_url or cfg.store.url)
+    if provider is None:
+        from daemon.cli.fleetd import build_provider
+
+        provider = build_provider(cfg, lambda: now)
+    offerings = provider.offerings()
+    grid = cfg.buckets.grid()
+    since = now - timedelta(seconds=cfg.loop.history_s)
+    with store.session() as s:
+        history = {svc.name: Store.demand_history(s, svc.name, grid, since) for svc in cfg.services}
+        state = read_fleet_state(cfg, s, now, offerings)
+    return build_plan_inputs(cfg, now, forecast_all(cfg, history, now), capacity_table(cfg), offerings, state)
 
 
 def run_tick(loop: Loop) -> TickResult:
@@ -123,34 +192,15 @@ def run_tick(loop: Loop) -> TickResult:
                     loop._history.setdefault(w.service, []).append(w)
             history = {name: [w for w in ws if w.start >= since] for name, ws in loop._history.items()}
             loop._history = history
-            rows = Store.instances(s, states=frozenset(State) - TERMINAL)
-            fleet = [fleet_instance(r) for r in rows]
-            cooldown = timedelta(seconds=cfg.policy.market_cooldown_s)
-            bad = Store.recent_events(s, now - cooldown, [Reason.PREEMPTED, Reason.NO_CAPACITY])
-            day = timedelta(hours=24)
-            preempted_day = Store.recent_events(s, now - day, [Reason.PREEMPTED])
-            lost = Store.recent_events(s, now - timedelta(seconds=cfg.loop.tick_interval_s * 2),
-                                       [Reason.PREEMPTED, Reason.LAUNCH_FAILED, Reason.NO_CAPACITY])
+            observed = read_fleet_state(cfg, s, now, loop._offerings)
 
         # -- forecast, plan, reconcile (pure) -------------------------------------------------
-        forecasts = {
-            svc.name: recent_peak(history[svc.name], svc.name, now, cfg.loop.horizon_s, grid,
-                                  peak_window_s=max(cfg.policy.scale_down_delay_s, cfg.loop.window_s))
-            for svc in cfg.services
-        }
-        inputs = PlanInputs(
-            now=now, grid=grid,
-            demands=tuple(ServiceDemand(svc.name, forecasts[svc.name], svc.min_replicas, tuple(svc.gpus))
-                          for svc in cfg.services),
-            capacity=loop.capacity, offerings=tuple(loop._offerings),
-            fleet=tuple(f for f in fleet if State(f.state) in LIVE), policy=cfg.policy,
-            unavailable=cooldown_offerings(bad, loop._offerings),
-            preemptions_per_hour=hazard_per_location(preempted_day, day), lead_time_s=cfg.loop.lead_time_s,
-        )
-        the_plan = plan(inputs)
+        forecasts = forecast_all(cfg, history, now)
+        inputs = build_plan_inputs(cfg, now, forecasts, loop.capacity, loop._offerings, observed)
+        the_plan = plan(inputs, cfg.solver)
+        fleet = observed.fleet
         offer_map = {o.key: o for o in loop._offerings}
-        recently_lost = Counter(i.service for _, i in lost)
-        rec = reconcile(the_plan, fleet, offer_map, cfg.policy, now, recently_lost)
+        rec = reconcile(the_plan, fleet, offer_map, cfg.policy, now, observed.recently_lost)
         mode = "paused" if cfg.policy.paused else "dry_run" if cfg.policy.dry_run else "apply"
 
         # -- record the decision and every intent before any effect (txn 2) ----------------
@@ -179,8 +229,14 @@ def run_tick(loop: Loop) -> TickResult:
             for svc, rps in the_plan.unserved_rps.items():
                 Store.alert(s, now, "warning", "unserved", f"{rps:.2f} req/s of {svc} cannot be served: "
                             + "; ".join(the_plan.notes), service=svc, decision_id=d.id)
-            if "budget" in the_plan.binding:
-                Store.alert(s, now, "warning", "budget", "; ".join(the_plan.notes), decision_id=d.id)
+            if the_plan.binding:
+                Store.alert(s, now, "warning", "binding_limit",
+                            f"plan bound by {', '.join(the_plan.binding)}: " + "; ".join(the_plan.notes),
+                            decision_id=d.id)
+            if not the_plan.acceptable:
+                Store.alert(s, now, "critical", "plan_unusable",
+                            f"planner status {the_plan.status}; current fleet kept: " + "; ".join(the_plan.notes),
+                            decision_id=d.id)
             if mode == "apply":
                 _record_intents(s, loop, rec.actions, now, d.id)
             else:
@@ -190,6 +246,8 @@ def run_tick(loop: Loop) -> TickResult:
         launches = terminations = 0
         if mode == "apply":
             launches, terminations = _apply(loop, now, decision_id)
+            if the_plan.acceptable and cfg.solver.routes_path:
+                _publish_routes(the_plan, cfg, decision_id)
 
         # -- finish (txn 3) ------------------------------------------------------------------
         with store.session() as s:
@@ -225,6 +283,16 @@ def run_tick(loop: Loop) -> TickResult:
         except Exception:
             log.exception("tick_failure_not_recorded")
         return TickResult(decision_id, now, "failed", {}, None, (), {}, err)
+
+
+def _publish_routes(the_plan: Plan, cfg: Config, decision_id: int) -> None:
+    """The routing table for the gateway; a failure to write it is logged, never fatal."""
+    from daemon.plan.routing import write_routing_table
+
+    try:
+        write_routing_table(the_plan, cfg.buckets.grid(), cfg.solver.routes_path)
+    except OSError as e:
+        log.error("routes_not_written", path=cfg.solver.routes_path, error=str(e), decision=decision_id)
 
 
 def _record_intents(s, loop: Loop, actions: tuple[Action, ...], now: datetime, decision_id: int) -> None:

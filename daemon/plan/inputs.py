@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from daemon.config import PolicyConfig
+from daemon.config import PolicyConfig, QuotaConfig
 from daemon.domain import BucketGrid, CapacityTable, DemandForecast, FleetInstance, Offering
 
 
@@ -15,6 +15,10 @@ class ServiceDemand:
     forecast: DemandForecast
     min_replicas: int
     allowed_gpus: tuple[str, ...]
+    # Highest planning-quantile rate the forecast expects within policy.scale_down_delay_s after
+    # the horizon (None: no dip known). The planner keeps capacity a returning peak will need
+    # when tearing it down and relaunching costs more than running it through the dip.
+    lookahead_rate_rps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -29,3 +33,4 @@ class PlanInputs:
     unavailable: frozenset[str] = frozenset()  # offering keys in a cooldown (failed launch / preemption)
     preemptions_per_hour: dict[str, float] = field(default_factory=dict)  # location -> observed spot hazard
     lead_time_s: float = 300.0  # start-up time of a new instance (launch cost = lead time x price)
+    quotas: tuple[QuotaConfig, ...] = ()  # per offering / region / cloud caps (Config.quotas)
