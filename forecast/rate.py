@@ -39,7 +39,8 @@ from forecast.models import BASELINES, CANDIDATES, FitContext
 from forecast.series import DAY_S, WEEK_S, RateSeries, series_from_windows, to_epoch
 
 # cheap first: under a tight budget the baselines and the fast models are always scored
-DEFAULT_CANDIDATES = ("last_value", "seasonal_naive", "quantile_regression", "holt_winters", "mstl_arima", "sarimax_fourier")
+DEFAULT_CANDIDATES = ("last_value", "seasonal_naive", "quantile_regression", "holt_winters", "mstl_arima",
+                      "sarimax_fourier", "ensemble")
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class RateForecastConfig:
     step_s: float | None = None  # model grid; None = max(native window, 300 s)
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     validation_days: float = 1.0  # the stretch the rolling-origin selection and the calibration use
-    max_origins: int = 72  # forecast origins per candidate in that stretch (evenly spaced)
+    max_origins: int = 144  # forecast origins per candidate in that stretch (evenly spaced)
     budget_s: float = 5.0  # wall time one fit may take; later candidates are skipped after it
     horizons_s: tuple[float, ...] = (360.0,)  # horizons predict will be asked for (others: nearest calibrated)
     quantiles: tuple[float, ...] = (0.9,)  # the first one scores the selection
@@ -173,10 +174,17 @@ class RateForecaster:
         n_train = n - v
         i0 = series.index0
         q_main = cfg.quantiles[0]
-        names = cfg.candidates if model == "auto" else (model,)
+        if model == "auto":
+            names = cfg.candidates
+        elif model == "ensemble":
+            names = tuple(c for c in cfg.candidates if c not in BASELINES)
+        else:
+            names = (model,)
         scores: dict[str, dict] = {}
         fitted: dict[str, tuple] = {}
         for name in names:
+            if name == "ensemble":
+                continue
             cand = CANDIDATES[name]
             if self.clock() - t_start > cfg.budget_s and fitted:
                 scores[name] = {"status": "skipped: time budget spent"}
@@ -197,6 +205,16 @@ class RateForecaster:
             scores[name] = {"status": "ok", "pinball_log": score, "fit_s": round(fit_s, 3),
                             "origins": int(max((len(e) for e in errs.values()), default=0))}
             fitted[name] = (params, errs, derrs, score)
+        if model in ("auto", "ensemble") and "ensemble" in (cfg.candidates + ("ensemble",) if model == "ensemble" else cfg.candidates):
+            ens = _ensemble(fitted, ks, q_main)
+            if ens is not None:
+                fitted["ensemble"] = ens
+                scores["ensemble"] = {"status": "ok", "pinball_log": ens[3],
+                                      "members": [m for m, _ in ens[0].members]}
+            else:
+                scores["ensemble"] = {"status": "skipped: fewer than two fitted models"}
+            if model == "ensemble":
+                fitted = {k: v for k, v in fitted.items() if k == "ensemble"}
         if not fitted:
             return FittedRate("recent_peak", None, step, offset, fit_end, scores=scores, config=cfg,
                               fit_seconds=self.clock() - t_start, notes=("no candidate could be fitted",))
@@ -227,8 +245,25 @@ def _validation_errors(cand, params, z, i0, n_train, ks, quantiles, max_origins,
                 d = cand.direct_quantile(params, hist, i0 + start, k, q)
                 if d is not None:
                     derrs.setdefault((k, q), []).append(z[o + k] - d)
-    return ({k: np.sort(np.array(e)) for k, e in errs.items() if e},
-            {kq: np.sort(np.array(e)) for kq, e in derrs.items()})
+    # in origin order (not sorted): the ensemble averages members' errors origin by origin
+    return ({k: np.array(e) for k, e in errs.items() if e}, {kq: np.array(e) for kq, e in derrs.items()})
+
+
+def _ensemble(fitted: dict, ks, q, size: int = 3):
+    """The mean of the best `size` non-baseline members (by validation score); None if < 2."""
+    from forecast.models import EnsembleParams
+
+    ranked = sorted((n for n in fitted if n not in BASELINES), key=lambda n: fitted[n][3])[:size]
+    if len(ranked) < 2:
+        return None
+    errs = {}
+    for k in ks:
+        arrs = [fitted[n][1].get(k) for n in ranked]
+        if any(a is None for a in arrs) or len({len(a) for a in arrs}) != 1:
+            return None
+        errs[k] = np.mean(arrs, axis=0)
+    params = EnsembleParams(tuple((n, fitted[n][0]) for n in ranked))
+    return params, errs, {}, _score(errs, {}, ks, q)
 
 
 def _score(errs, derrs, ks, q) -> float:
