@@ -81,7 +81,7 @@ def estimate_mix(history: Sequence[DemandWindow], now: datetime | float, config:
     """The size mix to plan for at `now` from observed windows (gaps are simply absent)."""
     cfg = config or MixConfig()
     now_s = to_epoch(now)
-    past = [w for w in history if to_epoch(w.start) < now_s]
+    past = [w for w in history if to_epoch(w.start) + w.seconds <= now_s + 1e-6]  # finished windows only
     long_c, n_long = _weighted_counts(past, now_s, cfg.half_life_s)
     if n_long <= 0:
         shape = long_c.shape

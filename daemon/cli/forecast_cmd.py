@@ -49,7 +49,7 @@ def load_series(path: Path, fmt: str, select: Optional[str], window_s: float = 6
 
         from forecast.sources.request_log import read_request_log
 
-        rows, _ = read_request_log(path, "auto")
+        rows, _ = read_request_log(path, "auto", complete=True)
         ts = np.array([r.timestamp for r in rows])
         if len(ts) == 0:
             raise typer.BadParameter(f"{path}: no request rows")

@@ -153,13 +153,21 @@ def _tokens(value, fieldname: str) -> int:
 
 def read_request_log(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None,
                      start_offset: int = 0, *, on_bad: Literal["raise", "skip"] = "raise",
-                     errors: list | None = None, timestamp_unit: float | None = None) -> tuple[Iterator[RequestRow], int]:
+                     errors: list | None = None, timestamp_unit: float | None = None,
+                     complete: bool | None = None) -> tuple[Iterator[RequestRow], int]:
     """(rows from start_offset to the last complete line, the offset to resume from).
 
     `timestamp_unit` scales numeric timestamps to seconds (jsonl default 1e-3: milliseconds).
+    `complete`: the file is finished, so a last line without a newline is a row too
+    (default: yes for .xz/.gz, no for plain files, which may be growing).
     """
     p = Path(path)
     head, data = _read_from(p, start_offset)
+    if complete is None:
+        complete = p.suffix in (".xz", ".gz")
+    added = 0
+    if complete and data and not data.endswith(b"\n"):
+        data, added = data + b"\n", 1  # the last row of a finished file; the offset below stays within the file
     if fmt == "auto":
         fmt = detect_format(p, head)
     if fmt not in ("azure", "jsonl", "csv"):
@@ -168,7 +176,7 @@ def read_request_log(path: str | Path, fmt: str = "auto", columns: dict[str, str
     if end < 0:
         return iter(()), start_offset
     chunk = data[: end + 1]
-    new_offset = start_offset + len(chunk)
+    new_offset = start_offset + len(chunk) - added
     first_line = _lines_before(p, start_offset) + 1
     if fmt == "jsonl":
         unit = 1e-3 if timestamp_unit is None else timestamp_unit
