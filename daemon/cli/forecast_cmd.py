@@ -73,6 +73,7 @@ def backtest_cmd(
     quantile: float = typer.Option(0.9, "--quantile", min=0.01, max=0.99),
     refit_every: str = typer.Option("6h", "--refit-every", help="refit schedule during the test (the daemon refits on a schedule too)"),
     window: str = typer.Option("60s", "--window", help="requests format: window length"),
+    history_days: Optional[float] = typer.Option(None, "--history-days", min=0.1, help="use only the last N days of the file"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
     """Rolling-origin evaluation over the last N days, refitting as the daemon would."""
@@ -89,6 +90,8 @@ def backtest_cmd(
     except SourceError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2)
+    if history_days is not None:
+        s = s.last(int(round(history_days * 86400 / s.step_s)))
     names = list(BASELINES) + [m for m in CANDIDATES if m not in BASELINES]
     if model != "auto" and model not in names:
         names.append(model)
