@@ -71,8 +71,11 @@ def timing(series: RateSeries) -> dict:
     hist = series_from_windows(wins)
     f = RateForecaster(RateForecastConfig(horizons_s=(360.0,), quantiles=(Q,)))
     t0 = time.perf_counter()
-    state = f.fit(hist)
+    state = f.fit(hist)  # model selection: every candidate, rolling-origin scored (the daemon: daily)
     fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    again = f.refit(state, hist)  # the scheduled refit of the chosen model (the daemon: hourly)
+    refit_s = time.perf_counter() - t0
     now = hist.end + 30.0
     ms = []
     for i in range(50):
@@ -84,13 +87,16 @@ def timing(series: RateSeries) -> dict:
 
     dstate = fit_demand(wins, now, horizons_s=(360.0,), quantiles=(Q,))
     tick = []
+    since = dstate.history_since()
+    recent = [w for w in wins if w.start >= since]  # what the loop would read from the store
     for i in range(20):
         c0 = time.perf_counter()
-        forecast_demand(wins[-3 * 1440 - 20 :], now, 360.0, Q, state=dstate)
+        forecast_demand(recent, now, 360.0, Q, state=dstate)
         tick.append((time.perf_counter() - c0) * 1000)
     return {
         "windows": len(wins), "model_step_s": state.step_s, "chosen": state.method,
-        "refit_s": round(fit_s, 2), "scores": {k: v.get("status") for k, v in state.scores.items()},
+        "select_s": round(fit_s, 2), "refit_s": round(refit_s, 2), "refit_method": again.method,
+        "scores": {k: v.get("status") for k, v in state.scores.items()},
         "predict_ms_mean": round(float(np.mean(ms)), 1), "predict_ms_max": round(float(np.max(ms)), 1),
         "forecast_demand_ms_mean": round(float(np.mean(tick)), 1), "forecast_demand_ms_max": round(float(np.max(tick)), 1),
     }
@@ -144,8 +150,9 @@ def main(argv=None) -> int:
     if not args.no_timing:
         t = timing(read_servegen_pool(POOL, {"model": "m-large"}))
         results["timing"] = t
-        print(f"refit on {t['windows']} 1-minute windows (model step {t['model_step_s']:.0f} s): {t['refit_s']} s "
-              f"(target < 5 s: {'met' if t['refit_s'] < 5 else 'MISSED'}); chose {t['chosen']}; {t['scores']}")
+        print(f"on {t['windows']} 1-minute windows (model step {t['model_step_s']:.0f} s): selection over all candidates "
+              f"{t['select_s']} s (chose {t['chosen']}; {t['scores']}); scheduled refit of {t['refit_method']} "
+              f"{t['refit_s']} s (target < 5 s: {'met' if t['refit_s'] < 5 else 'MISSED'})")
         print(f"predict per tick: mean {t['predict_ms_mean']} ms, max {t['predict_ms_max']} ms; forecast_demand from "
               f"windows: mean {t['forecast_demand_ms_mean']} ms, max {t['forecast_demand_ms_max']} ms (target < 100 ms)")
     if args.json:

@@ -51,17 +51,15 @@ class MixEstimate:
 
 
 def _weighted_counts(history: Sequence[DemandWindow], now_s: float, half_life_s: float) -> tuple[np.ndarray, float]:
-    total = None
-    for w in history:
-        c = np.asarray(w.counts, dtype=float)
-        if total is None:
-            total = np.zeros_like(c)
-        elif c.shape != total.shape:
-            raise ValueError(f"demand window at {w.start} has a {c.shape} grid, others {total.shape}")
-        age = max(0.0, now_s - (to_epoch(w.start) + w.seconds))
-        total += c * 0.5 ** (age / half_life_s)
-    if total is None:
+    if not history:
         return np.zeros((0, 0)), 0.0
+    shapes = {(len(w.counts), len(w.counts[0]) if w.counts else 0) for w in history}
+    if len(shapes) != 1:
+        raise ValueError(f"demand windows disagree on the bucket grid: {sorted(shapes)}")
+    counts = np.array([w.counts for w in history], dtype=float)
+    ends = np.array([to_epoch(w.start) + w.seconds for w in history])
+    weights = 0.5 ** (np.maximum(0.0, now_s - ends) / half_life_s)
+    total = np.einsum("w,wij->ij", weights, counts)
     return total, float(total.sum())
 
 

@@ -146,7 +146,19 @@ class RateForecaster:
         self.config = config or RateForecastConfig()
         self.clock = clock  # measures the budget only; forecasts never read a clock
 
-    def fit(self, history: RateSeries | Iterable, model: str = "auto") -> FittedRate:
+    def refit(self, state: FittedRate, history: RateSeries | Iterable) -> FittedRate:
+        """The scheduled refit: the model `state` chose (an ensemble: its members), re-estimated and recalibrated.
+
+        Much cheaper than `fit(model="auto")`, which the daemon runs less often (e.g. daily) to re-select.
+        """
+        if state.method == "recent_peak":
+            return self.fit(history)
+        if state.method == "ensemble":
+            return self.fit(history, model="ensemble", members=tuple(n for n, _ in state.params.members))
+        return self.fit(history, model=state.method)
+
+    def fit(self, history: RateSeries | Iterable, model: str = "auto", members: tuple[str, ...] | None = None) -> FittedRate:
+        """Select (model="auto") or fit one candidate; `members` restricts an ensemble's candidates."""
         cfg = self.config
         t_start = self.clock()
         series = _to_series(history)
@@ -177,7 +189,7 @@ class RateForecaster:
         if model == "auto":
             names = cfg.candidates
         elif model == "ensemble":
-            names = tuple(c for c in cfg.candidates if c not in BASELINES)
+            names = members or tuple(c for c in cfg.candidates if c not in BASELINES)
         else:
             names = (model,)
         scores: dict[str, dict] = {}
@@ -205,7 +217,7 @@ class RateForecaster:
             scores[name] = {"status": "ok", "pinball_log": score, "fit_s": round(fit_s, 3),
                             "origins": int(max((len(e) for e in errs.values()), default=0))}
             fitted[name] = (params, errs, derrs, score)
-        if model in ("auto", "ensemble") and "ensemble" in (cfg.candidates + ("ensemble",) if model == "ensemble" else cfg.candidates):
+        if model == "ensemble" or (model == "auto" and "ensemble" in cfg.candidates):
             ens = _ensemble(fitted, ks, q_main)
             if ens is not None:
                 fitted["ensemble"] = ens
@@ -327,7 +339,11 @@ def predict(state: FittedRate, history: RateSeries | Iterable, now: datetime | f
     z = _log(tail, c)
     m = 3
     check = len(z) - m > state.fit_end - start  # the shift check looks only at windows after the fit
-    pt, recent = cand.point_and_recent(state.params, z, start, k, m if check else 0)
+    try:
+        pt, recent = cand.point_and_recent(state.params, z, start, k, m if check else 0)
+    except ValueError as e:  # too little history passed for this model: the rule, and ask for a refit
+        return RateQuantile(peak, median, min(median, peak), quantile, horizon_s, target_start, "recent_peak",
+                            needs_refit=True, details={"reason": f"{state.method}: {e}"})
     errs, k_cal = _errors_for(state.errors, k)
     direct = cand.direct_quantile(state.params, z, start, k, quantile) if (k, quantile) in state.direct_errors else None
     if direct is not None:
