@@ -231,3 +231,55 @@ def default_config() -> Config:
     from daemon.defaults import DEFAULT_CAPACITY
 
     return Config(capacity=[CapacityEntry(**c) for c in DEFAULT_CAPACITY])
+
+
+# --- demand feeds and forecasting (issue 5; the lead hooks these into ServiceConfig / the loop) ---
+
+
+class RequestLogFeedConfig(_Model):
+    """A request log the daemon tails (forecast.sources.request_log)."""
+
+    path: str
+    format: Literal["auto", "azure", "jsonl", "csv"] = "auto"
+    columns: dict[str, str] = {}  # format csv: {"timestamp": COL, "input_tokens": COL, "output_tokens": COL}
+    on_bad_row: Literal["skip", "reject"] = "skip"
+
+    @model_validator(mode="after")
+    def _csv_needs_columns(self) -> "RequestLogFeedConfig":
+        if self.format == "csv" and set(self.columns) != {"timestamp", "input_tokens", "output_tokens"}:
+            raise ValueError("format 'csv' needs columns with exactly timestamp, input_tokens, output_tokens")
+        return self
+
+
+class PrometheusFeedConfig(_Model):
+    """Prometheus HTTP API with vLLM's metrics (forecast.sources.prometheus); queries are PromQL
+    templates where {sel} is the selector and {w} the window (defaults: vLLM metric names)."""
+
+    url: str
+    selector: str = ""  # e.g. model_name="llama"
+    requests_query: str | None = None
+    input_buckets_query: str | None = None
+    output_buckets_query: str | None = None
+    timeout_s: PositiveFloat = 10.0
+
+
+class DemandFeedConfig(_Model):
+    kind: Literal["request-log", "prometheus"]
+    request_log: RequestLogFeedConfig | None = None
+    prometheus: PrometheusFeedConfig | None = None
+
+    @model_validator(mode="after")
+    def _section_present(self) -> "DemandFeedConfig":
+        section = self.request_log if self.kind == "request-log" else self.prometheus
+        if section is None:
+            raise ValueError(f"kind = '{self.kind}' needs its [{self.kind.replace('-', '_')}] section")
+        return self
+
+
+class ForecastConfig(_Model):
+    quantile: Annotated[float, Field(gt=0, lt=1)] = 0.9  # the planner sizes for this quantile of the rate
+    refit_every_s: PositiveFloat = 3600.0  # refit of the chosen model (RateForecaster.refit)
+    reselect_every_s: PositiveFloat = 86400.0  # full rolling-origin selection (RateForecaster.fit, model auto)
+    fit_budget_s: PositiveFloat = 5.0
+    model: str = "auto"  # or one candidate of forecast.models.CANDIDATES
+    min_history_days: NonNegFloat = 2.0  # less: the recent-peak rule

@@ -214,3 +214,20 @@ def test_unreachable_prometheus_is_a_clear_error():
     src = PrometheusSource(f"http://127.0.0.1:{_free_port()}", timeout_s=1)
     with pytest.raises(SourceError, match="failed"):
         src.windows("chat", 0, 120, 60, GRID)
+
+
+def test_feed_from_config_polls_finished_windows(vllm_and_prometheus):
+    from daemon.config import DemandFeedConfig
+    from forecast.sources.feed import open_feed
+
+    _, base = vllm_and_prometheus
+    _wait_for_samples(base, 6)
+    cfg = DemandFeedConfig(kind="prometheus", prometheus={"url": base, "selector": 'model_name="llama"'})
+    feed = open_feed(cfg, "chat", GRID, 2.0)
+    now = time.time()
+    first = feed.poll(now)
+    assert first and all(w.start.timestamp() + 2.0 <= now for w in first)
+    assert feed.poll(now) == []  # nothing new finished
+    time.sleep(4.5)
+    later = feed.poll(time.time())
+    assert later and later[0].start.timestamp() >= first[-1].start.timestamp() + 2.0

@@ -158,3 +158,20 @@ def test_servegen_pool_collection_gaps_are_nan():
         read_servegen_pool(path, "model=nope")
     with pytest.raises(SourceError, match="several pools"):
         read_servegen_pool(path, None)
+
+
+def test_request_log_feed_from_config(tmp_path):
+    from daemon.config import DemandFeedConfig
+    from forecast.sources.feed import open_feed
+
+    p = tmp_path / "log.csv"
+    p.write_text("when,prompt,completion\n120.5,10,5\n130,20,300\n185,2000,5\n")
+    cfg = DemandFeedConfig(kind="request-log", request_log={
+        "path": str(p), "format": "csv",
+        "columns": {"timestamp": "when", "input_tokens": "prompt", "output_tokens": "completion"}})
+    feed = open_feed(cfg, "chat", GRID, 60.0)
+    wins = feed.poll(240.0)
+    assert [w.requests for w in wins] == [2, 1]
+    assert wins[0].counts[0][0] == 1 and wins[0].counts[0][2] == 1 and wins[1].counts[2][0] == 1
+    with pytest.raises(ValueError, match="needs columns"):
+        DemandFeedConfig(kind="request-log", request_log={"path": "x", "format": "csv"})
