@@ -72,6 +72,7 @@ class FittedRate:
     fit_seconds: float = 0.0
     config: RateForecastConfig = RateForecastConfig()
     notes: tuple[str, ...] = ()
+    calib_vol: float = 0.0  # mean |change| of log rate per window over the calibration stretch
 
 
 @dataclass(frozen=True)
@@ -233,7 +234,7 @@ class RateForecaster:
         chosen = min(fitted, key=lambda k: fitted[k][3])
         params, errs, derrs, _ = fitted[chosen]
         return FittedRate(chosen, params, step, offset, i0 + n_train, errs, derrs, scores,
-                          fit_seconds=self.clock() - t_start, config=cfg)
+                          fit_seconds=self.clock() - t_start, config=cfg, calib_vol=_volatility(z[n_train - 1 :]))
 
 
 def _validation_errors(cand, params, z, i0, n_train, ks, quantiles, max_origins, period):
@@ -290,6 +291,33 @@ def _score(errs, derrs, ks, q) -> float:
             return math.inf
         out.append(pinball(e, np.full(len(e), np.quantile(e, q)), q))
     return float(np.mean(out))
+
+
+VOL_WINDOWS = 24  # recent windows the volatility adjustment looks at
+VOL_POWER = 0.5  # how strongly the band follows the volatility ratio (1 = proportionally)
+
+
+def _volatility(z: np.ndarray) -> float:
+    d = np.abs(np.diff(z))
+    d = d[~np.isnan(d)]
+    return float(np.mean(d)) if len(d) else 0.0
+
+
+def _vol_factor(state: "FittedRate", z: np.ndarray) -> float:
+    """sqrt(recent volatility / calibration-day volatility), clipped to [0.5, 3].
+
+    The calibrated errors come from one day; the next day can be calmer or far
+    wilder (ServeGen m-small: mean |change| per window 0.03 on day 8, 0.15 on
+    day 9). Widening the band with the square root of the ratio kept p90 coverage
+    near 0.9 on all three pools in an offline check, where the full ratio
+    over-widened and no adjustment under-covered the wild day.
+    """
+    if state.calib_vol <= 0:
+        return 1.0
+    recent = _volatility(z[-(VOL_WINDOWS + 1) :])
+    if recent <= 0:
+        return 1.0
+    return float(np.clip((recent / state.calib_vol) ** VOL_POWER, 0.5, 3.0))
 
 
 def _errors_for(store: dict, k: int):
@@ -352,9 +380,11 @@ def predict(state: FittedRate, history: RateSeries | Iterable, now: datetime | f
         zq = pt + float(np.quantile(errs, quantile))
     zlo = pt + float(np.quantile(errs, 1 - quantile))
     zmed = pt + float(np.quantile(errs, 0.5))
+    vf = _vol_factor(state, z)
+    zq, zlo = zmed + (zq - zmed) * vf, zmed + (zlo - zmed) * vf
     rate, point, lo = _unlog(zq, c), _unlog(zmed, c), _unlog(zlo, c)
     shift = _level_shift(state, z[len(z) - m :], recent) if check else None
-    details = {"k_steps": k, "calibrated_k": k_cal, "step_s": step}
+    details = {"k_steps": k, "calibrated_k": k_cal, "step_s": step, "volatility_factor": round(vf, 3)}
     if shift:
         details["level_shift"] = shift
         if shift == "up" and peak > rate:
