@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from daemon.domain import DemandForecast, DemandWindow
 
-__all__ = ["DemandState", "fit_demand", "forecast_demand"]
+__all__ = ["DemandState", "fit_demand", "fit_due", "forecast_demand"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class DemandState:
     rate: object  # forecast.rate.FittedRate
     mix_config: object = None  # forecast.mix.MixConfig
     fitted_at: float = 0.0  # epoch of `now` at the fit
+    selected_at: float = 0.0  # epoch of the last full model selection
     details: dict = field(default_factory=dict, compare=False)
 
     def history_since(self) -> datetime:
@@ -51,11 +52,14 @@ def _past(history: Sequence[DemandWindow], now_s: float) -> list[DemandWindow]:
 
 def fit_demand(history: Sequence[DemandWindow], now: datetime | float, *, horizons_s: tuple[float, ...] = (360.0,),
                quantiles: tuple[float, ...] = (0.9,), config=None, mix_config=None, model: str = "auto",
-               clock: Callable[[], float] = time.perf_counter) -> DemandState:
+               refit_of: DemandState | None = None, clock: Callable[[], float] = time.perf_counter) -> DemandState:
     """The expensive half: select and fit the rate model on what was known at `now`.
 
     `horizons_s` should hold the loop's horizon (tick interval + lead time) and
-    `quantiles` the planning quantile, so both are calibrated directly.
+    `quantiles` the planning quantile, so both are calibrated directly. With
+    `refit_of`, only the model that state chose is re-estimated (the cheap,
+    frequent refit); otherwise `model` ("auto": full selection) is fitted.
+    Run it in a worker (the loop's scheduler), never inside a tick.
     """
     from dataclasses import replace
 
@@ -68,10 +72,36 @@ def fit_demand(history: Sequence[DemandWindow], now: datetime | float, *, horizo
     past = _past(history, now_s)
     if not past:
         raise ValueError("no demand window before now: nothing to fit")
-    state = RateForecaster(cfg, clock=clock).fit(series_from_windows(past), model=model)
-    return DemandState(rate=state, mix_config=mix_config or MixConfig(), fitted_at=now_s,
-                       details={"method": state.method, "fit_seconds": round(state.fit_seconds, 3),
+    forecaster = RateForecaster(cfg, clock=clock)
+    series = series_from_windows(past)
+    if refit_of is not None:
+        state = forecaster.refit(refit_of.rate, series)
+        selected_at = refit_of.selected_at
+    else:
+        state = forecaster.fit(series, model=model)
+        selected_at = now_s
+    return DemandState(rate=state, mix_config=mix_config or refit_of and refit_of.mix_config or MixConfig(),
+                       fitted_at=now_s, selected_at=selected_at, details={"method": state.method, "fit_seconds": round(state.fit_seconds, 3),
                                 "scores": state.scores, "notes": list(state.notes)})
+
+
+def fit_due(state: DemandState | None, now: datetime | float, refit_every_s: float = 3600.0,
+            reselect_every_s: float = 86400.0, needs_refit: bool = False) -> str | None:
+    """What the scheduler should run now: "select" (full), "refit" (chosen model only) or None.
+
+    `needs_refit` is the last forecast's `details["needs_refit"]` (a level shift,
+    or history that no longer reaches the fit): refit early rather than wait.
+    """
+    from forecast.series import to_epoch
+
+    now_s = to_epoch(now)
+    if state is None or state.rate.method == "recent_peak" and now_s - state.fitted_at >= refit_every_s:
+        return "select"
+    if now_s - state.selected_at >= reselect_every_s:
+        return "select"
+    if needs_refit or now_s - state.fitted_at >= refit_every_s:
+        return "refit"
+    return None
 
 
 def forecast_demand(history: Sequence[DemandWindow], now: datetime | float, horizon_s: float, quantile: float,

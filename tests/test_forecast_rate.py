@@ -223,3 +223,26 @@ def test_forecast_demand_end_to_end_from_windows():
     assert fc.mix[0][0] == pytest.approx(0.7, abs=0.02)
     assert fc.rate_rps >= fc.details["point_rps"] > 0
     assert forecast_demand([], now, 360, 0.9, service="x").method == "no_data"
+
+
+def test_fit_schedule_and_cheap_refit():
+    from forecast import fit_due
+
+    t0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
+    s = daily_series(4)
+    wins = [DemandWindow("chat", t0 + timedelta(seconds=i * STEP), STEP, ((v * STEP,),)) for i, v in enumerate(s.values)]
+    now = wins[-1].start + timedelta(seconds=STEP)
+    cfg = RateForecastConfig(candidates=("last_value", "seasonal_naive", "holt_winters", "mstl_arima", "ensemble"))
+    assert fit_due(None, now) == "select"
+    st = fit_demand(wins, now, config=cfg)
+    assert fit_due(st, now) is None
+    assert fit_due(st, now + timedelta(minutes=10), needs_refit=True) == "refit"
+    assert fit_due(st, now + timedelta(hours=1)) == "refit"
+    assert fit_due(st, now + timedelta(days=1)) == "select"
+    again = fit_demand(wins, now + timedelta(hours=1), config=cfg, refit_of=st)
+    assert again.rate.method == st.rate.method and again.selected_at == st.selected_at
+    fitted = {k for k, v in again.rate.scores.items() if v["status"] == "ok"}
+    if st.rate.method == "ensemble":
+        assert fitted == {n for n, _ in st.rate.params.members} | {"ensemble"}
+    else:
+        assert fitted == {st.rate.method}
