@@ -92,17 +92,20 @@ def backtest_cmd(
         raise typer.Exit(2)
     if history_days is not None:
         s = s.last(int(round(history_days * 86400 / s.step_s)))
-    names = list(BASELINES) + [m for m in CANDIDATES if m not in BASELINES]
-    if model != "auto" and model not in names:
-        names.append(model)
+    # auto: every candidate and the selection; NAME: the baselines and that one (its row also under "auto")
+    if model == "auto":
+        names = list(BASELINES) + [m for m in CANDIDATES if m not in BASELINES]
+    else:
+        names = list(BASELINES) + ([model] if model not in BASELINES else [])
     results = {}
     try:
         for name in names:
             results[name] = backtest(s, name, h, quantile, test_days, refit_every_s=refit)
-        auto = backtest(s, "auto", h, quantile, test_days, refit_every_s=refit)
+        auto = backtest(s, "auto", h, quantile, test_days, refit_every_s=refit) if model == "auto" else results[model]
     except ValueError as e:
         typer.echo(f"error: {series}: {e}", err=True)
         raise typer.Exit(2)
+    # the model the fits chose most often (a fit with too little history reports "recent_peak")
     chosen = max(auto.chosen, key=auto.chosen.get) if auto.chosen else "none"
     models = {n: _clean(r.metrics()) for n, r in results.items()}
     models["auto"] = _clean(auto.metrics())
