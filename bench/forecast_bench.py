@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from datetime import datetime, timedelta, timezone
@@ -120,7 +119,7 @@ def main(argv=None) -> int:
     models.append("auto")
     refit = parse_duration(args.refit_every)
     results = {}
-    print(f"| pool | horizon | model | pinball p90 | coverage | MASE | sMAPE | vs best baseline | fits chose |")
+    print("| pool | horizon | model | pinball p90 | coverage | MASE | sMAPE | vs best baseline | fits chose |")
     print("|---|---|---|---|---|---|---|---|---|")
     for pool in args.pools.split(","):
         series = read_servegen_pool(POOL, {"model": pool})

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
 import lzma
 import math
