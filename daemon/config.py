@@ -37,7 +37,8 @@ class LoopConfig(_Model):
     tick_interval_s: PositiveFloat = 60.0
     window_s: PositiveFloat = 60.0  # length of one observed demand window
     lead_time_s: NonNegFloat = 300.0  # provisioning lead: a launch now serves this much later
-    history_s: PositiveFloat = 3600.0  # how much demand history the forecast reads each tick
+    # Demand history the forecast reads: the fitted models use about 4 days (daily season + lags).
+    history_s: PositiveFloat = 4 * 86400.0
     misfire_grace_s: PositiveFloat = 30.0
 
     @property
@@ -127,6 +128,9 @@ class ServiceConfig(_Model):
     min_replicas: Annotated[int, Field(ge=0)] = 1
     slo: SloConfig = SloConfig()
     demand: DemandSourceConfig = DemandSourceConfig()
+    # A live feed (request log tailed, or Prometheus) instead of `demand` when set.
+    feed: "DemandFeedConfig | None" = None
+    forecast: "ForecastConfig" = Field(default_factory=lambda: ForecastConfig())
 
 
 class CapacityEntry(_Model):
@@ -302,4 +306,60 @@ class ProfilesConfig(_Model):
     dtype: Literal["bf16", "fp16", "fp8", "int8"] = "bf16"
 
 
+
+# --- demand feeds and forecasting (issue 5; the lead hooks these into ServiceConfig / the loop) ---
+
+
+class RequestLogFeedConfig(_Model):
+    """A request log the daemon tails (forecast.sources.request_log)."""
+
+    path: str
+    format: Literal["auto", "azure", "jsonl", "csv"] = "auto"
+    columns: dict[str, str] = {}  # format csv: {"timestamp": COL, "input_tokens": COL, "output_tokens": COL}
+    on_bad_row: Literal["skip", "reject"] = "skip"
+
+    @model_validator(mode="after")
+    def _csv_needs_columns(self) -> "RequestLogFeedConfig":
+        if self.format == "csv" and set(self.columns) != {"timestamp", "input_tokens", "output_tokens"}:
+            raise ValueError("format 'csv' needs columns with exactly timestamp, input_tokens, output_tokens")
+        return self
+
+
+class PrometheusFeedConfig(_Model):
+    """Prometheus HTTP API with vLLM's metrics (forecast.sources.prometheus); queries are PromQL
+    templates where {sel} is the selector and {w} the window (defaults: vLLM metric names)."""
+
+    url: str
+    selector: str = ""  # e.g. model_name="llama"
+    requests_query: str | None = None
+    input_buckets_query: str | None = None
+    output_buckets_query: str | None = None
+    timeout_s: PositiveFloat = 10.0
+
+
+class DemandFeedConfig(_Model):
+    kind: Literal["request-log", "prometheus"]
+    request_log: RequestLogFeedConfig | None = None
+    prometheus: PrometheusFeedConfig | None = None
+
+    @model_validator(mode="after")
+    def _section_present(self) -> "DemandFeedConfig":
+        section = self.request_log if self.kind == "request-log" else self.prometheus
+        if section is None:
+            raise ValueError(f"kind = '{self.kind}' needs its [{self.kind.replace('-', '_')}] section")
+        return self
+
+
+class ForecastConfig(_Model):
+    quantile: Annotated[float, Field(gt=0, lt=1)] = 0.9  # the planner sizes for this quantile of the rate
+    refit_every_s: PositiveFloat = 3600.0  # refit of the chosen model (RateForecaster.refit)
+    reselect_every_s: PositiveFloat = 86400.0  # full rolling-origin selection (RateForecaster.fit, model auto)
+    fit_budget_s: PositiveFloat = 5.0
+    # "auto" (chosen by backtest), one candidate of forecast.models.CANDIDATES, or "recent_peak"
+    # (no statsmodels: the peak of the last policy.scale_down_delay_s, SkyServe-style).
+    model: str = "auto"
+    min_history_days: NonNegFloat = 2.0  # less: the recent-peak rule
+
+
+ServiceConfig.model_rebuild()
 Config.model_rebuild()

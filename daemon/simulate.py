@@ -160,6 +160,8 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
     failed_ticks = 0
     ticks = 0
     while clock.now <= end:
+        # The forecast refit runs at its scheduled virtual times, between ticks, as fleetd's job does.
+        loop.refit(clock.now)
         result = run_tick(loop)
         ticks += 1
         if result.outcome == "failed":

@@ -30,8 +30,10 @@ def recent_peak(history: list[DemandWindow], service: str, now: datetime, horizo
                 grid: BucketGrid, peak_window_s: float) -> DemandForecast:
     recent = [w for w in history if w.start >= now - timedelta(seconds=peak_window_s)]
     peak = max((w.rate for w in recent), default=0.0)
+    mix_from = now - timedelta(seconds=max(peak_window_s, 3600.0))  # the last hour's mix at least
     return DemandForecast(
-        service=service, at=now, horizon_s=horizon_s, rate_rps=peak, mix=recent_mix(history, grid),
+        service=service, at=now, horizon_s=horizon_s, rate_rps=peak,
+        mix=recent_mix([w for w in history if w.start >= mix_from], grid),
         method="recent_peak", quantile=1.0,
         details={"windows": len(recent), "peak_window_s": peak_window_s},
     )

@@ -128,3 +128,12 @@ speedup = 120
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "interrupted_decisions_closed" not in r.stderr
+
+
+def test_forecast_show_reads_the_store(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'sim.db'}"
+    _simulate(["--trace", str(need(AZURE_CONV)), "--db", url])
+    monkeypatch.setenv("FLEET_DB", url)
+    r = runner.invoke(app, ["forecast", "show", "--service", "chat"])
+    assert r.exit_code == 0, r.output
+    assert "chat" in r.output

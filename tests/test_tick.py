@@ -20,7 +20,8 @@ def _cfg(**policy):
         "loop": {"tick_interval_s": 60, "window_s": 60, "lead_time_s": 120},
         "provider": {"simulated": {"stockout_probability": 0, "launch_failure_probability": 0,
                                    "spot_preemptions_per_hour": 0, "launch_latency_s": [90, 90]}},
-        "services": [{"name": "chat", "gpus": ["A10G"], "min_replicas": 1}],
+        # The recent-peak forecast: these tests are about the loop's mechanics, not forecasting.
+        "services": [{"name": "chat", "gpus": ["A10G"], "min_replicas": 1, "forecast": {"model": "recent_peak"}}],
         # On-demand only unless a test asks for spot: replica counts then follow from MaxTput alone.
         "policy": {"scale_down_delay_s": 300, "drain_s": 60, "spot": False, **policy},
         # A fixed MaxTput table keeps these tests about the loop, not about the estimator.

@@ -23,11 +23,46 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 
 
+def _forecast_history(service: str):
+    """(history windows, recorded forecasts) of a service, for `fleetctl forecast show --service`."""
+    from sqlalchemy import select
+
+    from daemon.config import load_config
+    from daemon.domain import DemandForecast
+    from daemon.store.repo import Store
+    from daemon.store.schema import Decision
+
+    cfg = load_config(os.environ.get("FLEET_CONFIG") or None)
+    store = _open_existing(os.environ.get("FLEET_DB", cfg.store.url))
+    grid = cfg.buckets.grid()
+    with store.session() as s:
+        last = s.scalar(select(Decision.at).order_by(Decision.id.desc()).limit(1))
+        if last is None:
+            _fail("no decision recorded yet: nothing to show")
+        from datetime import timedelta
+
+        history = Store.demand_history(s, service, grid, last - timedelta(seconds=cfg.loop.history_s))
+        forecasts = []
+        for at, fc in s.execute(select(Decision.at, Decision.forecast).order_by(Decision.id.desc()).limit(500)):
+            f = (fc or {}).get(service)
+            if f:
+                forecasts.append(DemandForecast(service, at, f["horizon_s"], f["rate_rps"],
+                                                tuple(tuple(r) for r in f.get("mix", [])), f["method"],
+                                                f.get("quantile", 0.5), f.get("details", {})))
+    if not history:
+        _fail(f"no demand recorded for service {service!r}")
+    return history, list(reversed(forecasts))
+
+
 def _register_subcommands() -> None:
     """Command groups that live in their own modules (each imports its heavy libraries lazily)."""
     from daemon.cli.profile_cmd import app as profile_app
 
+    from daemon.cli import forecast_cmd
     from daemon.cli.plan_cmd import app as plan_app
+
+    forecast_cmd.STORE_LOADER = _forecast_history
+    app.add_typer(forecast_cmd.app, name="forecast")
 
     app.add_typer(profile_app, name="profile")
     app.add_typer(plan_app, name="plan")

@@ -30,6 +30,11 @@ def build_sources(cfg, origin: datetime):
     grid = cfg.buckets.grid()
     sources = {}
     for svc in cfg.services:
+        if svc.feed is not None:  # live: a tailed request log or Prometheus
+            from forecast.sources.feed import open_feed
+
+            sources[svc.name] = open_feed(svc.feed, svc.name, grid, cfg.loop.window_s)
+            continue
         d = svc.demand
         if d.source == "trace":
             trace = read_trace(d.path, fmt=d.format, on_bad_row=d.on_bad_row)
@@ -116,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     sched.add_job(run_tick, "interval", args=[loop], seconds=cfg.loop.tick_interval_s, id="tick",
                   max_instances=1, coalesce=True, misfire_grace_time=int(cfg.loop.misfire_grace_s),
                   next_run_time=_now() + timedelta(milliseconds=10))
+
+    # Forecast fits run in their own job (same thread pool), never inside a tick: a slow
+    # statsmodels fit delays the next refit, not the control loop.
+    sched.add_job(loop.refit, "interval", seconds=60, id="forecast_refit", max_instances=1, coalesce=True,
+                  misfire_grace_time=int(cfg.loop.misfire_grace_s), next_run_time=_now() + timedelta(seconds=1))
 
     def on_signal(signum, _frame) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)

@@ -55,8 +55,25 @@ class Loop:
     capacity: CapacityTable | None = None
     _offerings: list[Offering] = field(default_factory=list)
     # Demand history per service: read from the store once, then extended with the
-    # windows this loop itself records (so a tick does not re-read an hour of rows).
+    # windows this loop itself records (so a tick does not re-read days of rows).
     _history: dict[str, list] | None = None
+    # Fitted forecast models per service, replaced whole by refit_forecasts (never mutated).
+    forecast_states: dict = field(default_factory=dict)
+    last_forecasts: dict = field(default_factory=dict)
+
+    def history(self) -> dict[str, list]:
+        """The demand history as the last tick saw it (for the forecast refit job)."""
+        return dict(self._history or {})
+
+    def refit(self, now: datetime | None = None) -> None:
+        now = now or self.clock()
+        if self._history is None:
+            with self.store.session() as s:
+                since = now - timedelta(seconds=self.cfg.loop.history_s)
+                grid = self.cfg.buckets.grid()
+                self._history = {svc.name: Store.demand_history(s, svc.name, grid, since) for svc in self.cfg.services}
+        self.forecast_states = refit_forecasts(self.cfg, self.history(), now, self.forecast_states,
+                                               self.last_forecasts)
 
     def __post_init__(self) -> None:
         if self.capacity is None:
@@ -119,13 +136,69 @@ def read_fleet_state(cfg: Config, s, now: datetime, offerings: list[Offering]) -
     )
 
 
-def forecast_all(cfg: Config, history: dict[str, list], now: datetime) -> dict[str, DemandForecast]:
+def forecast_all(cfg: Config, history: dict[str, list], now: datetime,
+                 states: dict | None = None) -> dict[str, DemandForecast]:
+    """Each service's demand at the horizon, at its planning quantile (pure).
+
+    `states` holds the fitted models (fit on a schedule by `refit_forecasts`);
+    without one a service gets the robust recent-peak rule. The recent peak over
+    `policy.scale_down_delay_s` rides along as `lookahead_rate_rps`: the planner
+    keeps capacity a dip would release when relaunching it soon costs more.
+    """
     grid = cfg.buckets.grid()
-    return {
-        svc.name: recent_peak(history.get(svc.name, []), svc.name, now, cfg.loop.horizon_s, grid,
-                              peak_window_s=max(cfg.policy.scale_down_delay_s, cfg.loop.window_s))
-        for svc in cfg.services
-    }
+    states = states or {}
+    out = {}
+    for svc in cfg.services:
+        hist = history.get(svc.name, [])
+        peak = recent_peak(hist, svc.name, now, cfg.loop.horizon_s, grid,
+                           peak_window_s=max(cfg.policy.scale_down_delay_s, cfg.loop.window_s))
+        if svc.forecast.model == "recent_peak":
+            fc = peak
+        else:
+            from forecast import forecast_demand
+
+            fc = forecast_demand(hist, now, cfg.loop.horizon_s, svc.forecast.quantile, states.get(svc.name),
+                                 service=svc.name)
+            if not fc.mix:  # no window yet: an empty grid, not an empty tuple
+                fc = peak
+        out[svc.name] = DemandForecast(fc.service, fc.at, fc.horizon_s, fc.rate_rps, fc.mix, fc.method, fc.quantile,
+                                       {**fc.details, "lookahead_rate_rps": peak.rate_rps})
+    return out
+
+
+def refit_forecasts(cfg: Config, history: dict[str, list], now: datetime, states: dict,
+                    last: dict[str, DemandForecast] | None = None) -> dict:
+    """Fit or refit the services' rate models that are due; returns the new states (pure but slow).
+
+    Run on a schedule outside the tick (fleetd: its own scheduler job; replay: at
+    its virtual times), so a slow statsmodels fit never stalls a tick. A service
+    whose fit fails keeps its previous state and the error is logged.
+    """
+    from forecast import fit_demand, fit_due
+    from forecast.rate import RateForecastConfig
+
+    new = dict(states)
+    for svc in cfg.services:
+        fcfg = svc.forecast
+        if fcfg.model == "recent_peak":
+            continue
+        hist = history.get(svc.name, [])
+        if not hist:
+            continue
+        needs = bool(last and last.get(svc.name) and last[svc.name].details.get("needs_refit"))
+        what = fit_due(states.get(svc.name), now, fcfg.refit_every_s, fcfg.reselect_every_s, needs_refit=needs)
+        if what is None:
+            continue
+        try:
+            rcfg = RateForecastConfig(budget_s=fcfg.fit_budget_s, min_history_days=fcfg.min_history_days)
+            new[svc.name] = fit_demand(hist, now, horizons_s=(cfg.loop.horizon_s,), quantiles=(fcfg.quantile,),
+                                       config=rcfg, model=fcfg.model,
+                                       refit_of=states.get(svc.name) if what == "refit" else None)
+            log.info("forecast_fitted", service=svc.name, kind=what, method=new[svc.name].details.get("method"),
+                     seconds=new[svc.name].details.get("fit_seconds"))
+        except Exception as e:  # a fit is an optimisation; the tick goes on with the last state
+            log.error("forecast_fit_failed", service=svc.name, kind=what, error=f"{type(e).__name__}: {e}")
+    return new
 
 
 def build_plan_inputs(cfg: Config, now: datetime, forecasts: dict[str, DemandForecast], capacity: CapacityTable,
@@ -159,6 +232,7 @@ def inputs_from_store(cfg: Config, db_url: str | None, provider: Provider | None
     with store.session() as s:
         history = {svc.name: Store.demand_history(s, svc.name, grid, since) for svc in cfg.services}
         state = read_fleet_state(cfg, s, now, offerings)
+    # A one-off command has no fitted state: the recent-peak rule, as a daemon's first ticks.
     return build_plan_inputs(cfg, now, forecast_all(cfg, history, now), capacity_table(cfg), offerings, state)
 
 
@@ -195,7 +269,8 @@ def run_tick(loop: Loop) -> TickResult:
             observed = read_fleet_state(cfg, s, now, loop._offerings)
 
         # -- forecast, plan, reconcile (pure) -------------------------------------------------
-        forecasts = forecast_all(cfg, history, now)
+        forecasts = forecast_all(cfg, history, now, loop.forecast_states)
+        loop.last_forecasts = forecasts
         inputs = build_plan_inputs(cfg, now, forecasts, loop.capacity, loop._offerings, observed)
         the_plan = plan(inputs, cfg.solver)
         fleet = observed.fleet
