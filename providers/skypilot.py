@@ -67,7 +67,8 @@ VIRTUAL_INSTANCE_CLOUDS = frozenset({"slurm", "kubernetes", "ssh"})
 # there, the preemptible partition (zone) is what makes an instance "spot".
 NO_SPOT_FLAG_CLOUDS = frozenset({"slurm", "kubernetes", "ssh"})
 
-_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "NO_GCE_CHECK": "True"}
+# No cloud metadata probes (169.254.169.254) and no usage telemetry to usage-v2.skypilot.co.
+_ENV = {"AWS_EC2_METADATA_DISABLED": "true", "NO_GCE_CHECK": "True", "SKYPILOT_DISABLE_USAGE_COLLECTION": "1"}
 
 
 def _sky():
@@ -367,7 +368,13 @@ def offering_to_resources(offering: Offering, cfg: SkyPilotProviderConfig):
         kwargs["ports"] = [cfg.serve_port]
     if offering.cloud not in NO_SPOT_FLAG_CLOUDS:
         kwargs["use_spot"] = offering.market is Market.SPOT
-    return sky.Resources(**kwargs)
+    res = sky.Resources(**kwargs)
+    # Check region/zone/instance type against the catalog now (the constructor
+    # defers it): a stale plan fails here, with SkyPilot's own message. Slurm
+    # and Kubernetes validation asks the live cluster: the launch reports that.
+    if offering.cloud not in VIRTUAL_INSTANCE_CLOUDS:
+        res.validate()
+    return res
 
 
 class TaskTemplateError(ValueError):
