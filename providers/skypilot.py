@@ -203,7 +203,9 @@ def _cloud_offerings(catalog, cloud: str, name_filter: str | None, regions: set[
                 for zone in zones or [None]:
                     price = region_price
                     if zone is not None and table is not None:
-                        price = table.price(itype, info.accelerator_name, count, info.region, zone, spot) or region_price
+                        price = table.price(itype, info.accelerator_name, count, info.region, zone, spot)
+                        if price is None:
+                            continue  # e.g. GCP: the host type is in this zone but the GPU is not
                     offers.append(
                         Offering(
                             cloud=cloud,

@@ -35,8 +35,15 @@ def _log_to_stderr() -> None:
 
     import structlog
 
+    class _Stderr:  # resolves sys.stderr at each write (test runners swap it)
+        def write(self, s: str) -> int:
+            return sys.stderr.write(s)
+
+        def flush(self) -> None:
+            sys.stderr.flush()
+
     if not structlog.is_configured():
-        structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(_Stderr()))
 
 
 def _load(config: Optional[str]):
