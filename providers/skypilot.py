@@ -363,9 +363,7 @@ def offering_to_resources(offering: Offering, cfg: SkyPilotProviderConfig):
     if offering.cloud in VIRTUAL_INSTANCE_CLOUDS:
         kwargs["cpus"] = cfg.cpus or "1"
     else:
-        kwargs["instance_type"] = offering.instance_type
-        if cfg.cpus:
-            kwargs["cpus"] = cfg.cpus
+        kwargs["instance_type"] = offering.instance_type  # fixes vCPUs: cfg.cpus does not apply
         # The router reaches the server from outside: open the serving port.
         kwargs["ports"] = [cfg.serve_port]
     if offering.cloud not in NO_SPOT_FLAG_CLOUDS:

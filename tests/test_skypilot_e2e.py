@@ -281,11 +281,11 @@ def test_launch_without_cloud_credentials_is_classified(sky_server, tmp_path):
     try:
         p.launch(LaunchRequest(name="nocreds", service="chat", model="tiny", offering=aws))
     except LaunchError as e:  # refused at submission
-        kind = e.kind
+        kind, detail = e.kind, str(e)
     else:  # or accepted, then failed: reported by the sync
         inst, _, _ = _wait(p, "nocreds", InstanceStatus.FAILED, timeout_s=120)
-        kind = inst.failure
+        kind, detail = inst.failure, inst.detail
         assert aws.key in p.unavailable_markets()
-    assert kind is FailureKind.CREDENTIALS
+    assert kind is FailureKind.CREDENTIALS, detail
     assert time.monotonic() - t0 < 120
     assert not [r for r in p.list() if r.name.endswith("nocreds") and r.status is InstanceStatus.RUNNING]

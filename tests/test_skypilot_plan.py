@@ -102,7 +102,8 @@ CASES = [
 def test_optimizer_places_the_offering_where_and_at_the_price_planned(enabled_clouds, catalog_offerings, sky_env, want):
     sky = sky_env
     offering = _pick(catalog_offerings, **want)
-    cfg = SkyPilotProviderConfig(serve_port=8000)
+    # cpus is for Slurm; with a pinned instance type it must not get in the way.
+    cfg = SkyPilotProviderConfig(serve_port=8000, cpus="1")
     with DownloadSpy() as spy:
         task, best = _optimize(sky, offering, cfg)
     assert spy.calls == []
