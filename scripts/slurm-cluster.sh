@@ -319,7 +319,7 @@ cmd_start() {
   setup_user_and_ssh
   setup_offline_shims
   # Check the path SkyPilot takes: ssh as sky, then a Slurm command.
-  ssh -F "$SSH_CLIENT_CONF" -o BatchMode=yes -o ConnectTimeout=5 localcluster 'bash --login -c "command -v curl && sinfo -h -o %P"' >/dev/null \
+  ssh -F "$SSH_CLIENT_CONF" -o BatchMode=yes -o ConnectTimeout=5 -o LogLevel=ERROR localcluster 'bash --login -c "command -v curl && sinfo -h -o %P"' >/dev/null \
     || die "ssh to sky@127.0.0.1:$SSH_PORT or sinfo failed"
   log "ready: ssh config $SSH_CLIENT_CONF (Host localcluster), partitions: $(sinfo -h -o %P | tr '\n' ' ')"
 }
@@ -330,6 +330,16 @@ cmd_stop() {
   tac "$PIDS" | while read -r name pid; do
     [ -n "${pid:-}" ] || continue
     if [ -d "/proc/$pid" ] && grep -qa "$name" "/proc/$pid/cmdline"; then
+      if [ "$name" = slurmctld ]; then
+        local jobs
+        jobs=$(squeue -h -o %i 2>/dev/null | tr '\n' ' ' || true)
+        [ -n "${jobs// /}" ] && log "warning: jobs still queued/running: $jobs (not cancelled)"
+      fi
+      if [ "$name" = sshd ]; then
+        # Sessions forked by this sshd (e.g. SkyPilot's ControlPersist masters) outlive the
+        # listener; they are ours too. Children by parent pid, never by name.
+        for child in $(pgrep -P "$pid" || true); do kill "$child" 2>/dev/null || true; done
+      fi
       kill "$pid" 2>/dev/null || true
       for _ in $(seq 1 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
       [ -d "/proc/$pid" ] && kill -9 "$pid" 2>/dev/null || true
