@@ -787,12 +787,15 @@ class SkyPilotProvider:
             st = states.get(rid)
             if st not in _FINISHED:
                 continue
+            took = (now - t.down_requested_at).total_seconds() if t.down_requested_at else None
             try:
                 self._client.result(rid)
                 t.detail = "down done"
+                log.info("down_done", cluster=t.name, seconds=took)
             except Exception as e:  # noqa: BLE001
                 if type(e).__name__ == "ClusterDoesNotExist":
                     t.detail = "down done (cluster did not exist)"
+                    log.info("down_done", cluster=t.name, seconds=took, existed=False)
                 else:
                     # Let a later terminate() retry.
                     t.detail = f"down failed: {_short(e)}"

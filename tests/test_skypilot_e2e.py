@@ -155,6 +155,23 @@ def _wait(provider, name, want, timeout_s, every_s=1.0):
         time.sleep(every_s)
 
 
+def _api_server_rss_mb() -> float:
+    """RSS of our API server (the process serving our port) and its workers, in MB."""
+    import psutil
+
+    port = os.environ["SKYPILOT_API_SERVER_LOCAL_PORT"]
+    total = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "sky.server.server" in cmd and f"--port={port}" in cmd:
+            for q in [proc, *proc.children(recursive=True)]:
+                try:
+                    total += q.memory_info().rss
+                except psutil.Error:
+                    pass
+    return total / 2**20
+
+
 def _squeue(partition: str | None = None) -> list[str]:
     args = ["squeue", "-h", "-o", "%i %P %j %T"]
     if partition:
@@ -192,6 +209,7 @@ def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path):
     inst, syncs, seen = _wait(p, "r1", InstanceStatus.RUNNING, timeout_s=300)
     timings["launch_to_healthy_s"] = time.monotonic() - t_launch
     timings["syncs_until_healthy"] = syncs
+    timings["api_server_rss_mb"] = _api_server_rss_mb()
     assert seen[0] is InstanceStatus.PENDING and seen[-1] is InstanceStatus.RUNNING
     assert inst.offering_key == first.key
     assert inst.endpoint and inst.endpoint.endswith(f":{cfg.serve_port}")
