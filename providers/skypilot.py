@@ -579,7 +579,8 @@ class _Tracked:
 
 @dataclass(frozen=True)
 class OrphanAction:
-    name: str
+    name: str  # instance name (cluster name without the prefix)
+    cluster: str
     action: str  # "adopted" | "terminated"
     offering_key: str | None
     status: str | None  # SkyPilot cluster status when found
@@ -621,9 +622,16 @@ class SkyPilotProvider:
     # -- names -------------------------------------------------------------
 
     def cluster_name(self, instance_name: str) -> str:
-        """`<prefix>-<instance name>`; the daemon passes a deterministic instance name."""
-        prefix = self.cfg.cluster_prefix + "-"
-        return instance_name if instance_name.startswith(prefix) else prefix + instance_name
+        """`<prefix>-<instance name>`; the daemon passes a deterministic instance name.
+
+        Every method takes and reports the daemon's instance names; the prefix
+        only marks our clusters in SkyPilot (orphan detection, several fleets
+        sharing one SkyPilot).
+        """
+        return f"{self.cfg.cluster_prefix}-{instance_name}"
+
+    def instance_name(self, cluster_name: str) -> str:
+        return cluster_name[len(self.cfg.cluster_prefix) + 1:] if self._ours(cluster_name) else cluster_name
 
     def _ours(self, cluster: str) -> bool:
         return cluster.startswith(self.cfg.cluster_prefix + "-")
@@ -672,7 +680,9 @@ class SkyPilotProvider:
         name = self.cluster_name(request.name)
         now = self._clock()
         t = self._tracked.get(name)
-        if t is not None and t.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING) and t.down_rid is None:
+        if t is not None and t.down_rid is not None and t.status is not InstanceStatus.TERMINATED:
+            raise LaunchError(FailureKind.OTHER, f"{name} is being torn down; use a new instance name")
+        if t is not None and t.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
             return  # idempotent by name
         key = request.offering.key
         if key in self.unavailable_markets(now):
@@ -920,7 +930,7 @@ class SkyPilotProvider:
 
     def _instance(self, t: _Tracked) -> ProviderInstance:
         return ProviderInstance(
-            name=t.name,
+            name=self.instance_name(t.name),
             status=t.status,
             offering_key=t.offering.key if t.offering.cloud != "?" else None,
             endpoint=t.endpoint if t.status is InstanceStatus.RUNNING else None,
@@ -951,7 +961,8 @@ class SkyPilotProvider:
         for t in sorted(self._tracked.values(), key=lambda t: t.name):
             if t.status is InstanceStatus.RUNNING and t.healthy and t.endpoint and t.down_rid is None:
                 services.setdefault(t.service, {}).setdefault(t.offering.pool, []).append(
-                    {"name": t.name, "endpoint": t.endpoint, "offering": t.offering.key}
+                    {"name": self.instance_name(t.name), "cluster": t.name, "endpoint": t.endpoint,
+                     "offering": t.offering.key}
                 )
         return {"updated_at": (now or self._clock()).isoformat(), "provider": self.name, "services": services}
 
@@ -986,12 +997,14 @@ class SkyPilotProvider:
             offering = self._offering_of_handle(rec.get("handle"))
             key = offering.key if offering else None
             if self.cfg.orphans == "terminate":
-                self.terminate(name)
-                actions.append(OrphanAction(name, "terminated", key, rec.get("status"), "unknown to the store"))
+                self.terminate(self.instance_name(name))
+                actions.append(OrphanAction(self.instance_name(name), name, "terminated", key, rec.get("status"),
+                                            "unknown to the store"))
             else:
                 if t is None:
                     self._adopt(name, rec, self._clock())
-                actions.append(OrphanAction(name, "adopted", key, rec.get("status"), "unknown to the store"))
+                actions.append(OrphanAction(self.instance_name(name), name, "adopted", key, rec.get("status"),
+                                            "unknown to the store"))
             log.info("orphan", cluster=name, action=actions[-1].action, offering=key)
         return actions
 

@@ -143,7 +143,7 @@ def _wait(provider, name, want, timeout_s, every_s=1.0):
     while True:
         insts = {i.name: i for i in provider.list()}
         syncs += 1
-        inst = insts.get(provider.cluster_name(name))
+        inst = insts.get(name)
         if inst is not None and (not seen or seen[-1] != inst.status):
             seen.append(inst.status)
         if inst is not None and inst.status is want:
@@ -236,7 +236,7 @@ def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path):
         insts = {i.name: i for i in p.list()}  # ONE sync detects it
         timings["detection_sync_s"] = time.monotonic() - t_sync
         timings["preempt_to_detected_s"] = time.monotonic() - t_pre
-        lost = insts[p.cluster_name("r1")]
+        lost = insts["r1"]
         assert lost.status is InstanceStatus.PREEMPTED, lost
         assert "zone=slurm/localcluster/spot" in lost.detail and "lifetime_s=" in lost.detail
         assert "price_per_hour=0.4" in lost.detail
@@ -265,9 +265,9 @@ def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path):
     #    does not know it here, tears it down as an orphan ------------------------
     p2 = SkyPilotProvider(_cfg(tmp_path, prefix, serve_port=cfg.serve_port, orphans="terminate"))
     found = {i.name: i for i in p2.list()}
-    assert set(found) == {p.cluster_name("r2")}
-    assert found[p.cluster_name("r2")].status is InstanceStatus.RUNNING  # adopted: health answered
-    assert found[p.cluster_name("r2")].offering_key == second.key
+    assert set(found) == {"r2"}
+    assert found["r2"].status is InstanceStatus.RUNNING  # adopted: health answered
+    assert found["r2"].offering_key == second.key
     assert [a.action for a in p2.orphans(known_names=["r1"])] == ["terminated"]
     p2.orphans(known_names=["r1"])  # a second pass does not submit another down
 

@@ -149,36 +149,41 @@ def test_is_a_provider(world):
 
 def test_launch_pending_then_running_only_when_healthy(world):
     p, server, clock, health = world
-    p.launch(_req("fleet-a"))
-    assert [c for c, _ in server.launches] == ["fleet-a"]
-    p.launch(_req("fleet-a"))  # idempotent while pending
+    p.launch(_req("a"))
+    assert [c for c, _ in server.launches] == ["fleet-a"]  # cluster = <prefix>-<instance name>
+    p.launch(_req("a"))  # idempotent while pending
     assert len(server.launches) == 1
-    assert _by_name(p)["fleet-a"].status is InstanceStatus.PENDING
+    assert _by_name(p)["a"].status is InstanceStatus.PENDING
     server.finish_launch("fleet-a", SPOT)
     health["ok"] = False
-    inst = _by_name(p)["fleet-a"]
+    inst = _by_name(p)["a"]
     assert inst.status is InstanceStatus.PENDING and inst.endpoint is None
     assert health["calls"] == ["http://10.0.0.7:8000/health"]
     health["ok"] = True
     clock.tick(10)
-    inst = _by_name(p)["fleet-a"]
+    inst = _by_name(p)["a"]
     assert inst.status is InstanceStatus.RUNNING and inst.endpoint == "http://10.0.0.7:8000"
     assert inst.since == clock.now and inst.offering_key == SPOT.key
     assert p.healthy_endpoints() == {"A10Gx1": ["http://10.0.0.7:8000"]}
     doc = json.loads(Path(p.cfg.endpoints_file).read_text())
-    assert doc["services"]["chat"]["A10Gx1"] == [{"name": "fleet-a", "endpoint": "http://10.0.0.7:8000",
-                                                  "offering": SPOT.key}]
+    assert doc["services"]["chat"]["A10Gx1"] == [{"name": "a", "cluster": "fleet-a",
+                                                  "endpoint": "http://10.0.0.7:8000", "offering": SPOT.key}]
     # A running server that stops answering leaves routing but stays RUNNING.
     health["ok"] = False
-    assert _by_name(p)["fleet-a"].status is InstanceStatus.RUNNING
+    assert _by_name(p)["a"].status is InstanceStatus.RUNNING
     assert p.healthy_endpoints() == {}
 
 
-def test_cluster_name_gets_the_prefix_once(world):
+def test_names_round_trip_through_the_prefix(world):
     p, server, *_ = world
     p.launch(_req("inst-42"))
-    assert server.launches[0][0] == "fleet-inst-42"
-    assert p.cluster_name("fleet-inst-42") == "fleet-inst-42"
+    p.launch(_req("fleet-7"))  # an instance name that happens to start with the prefix
+    assert [c for c, _ in server.launches] == ["fleet-inst-42", "fleet-fleet-7"]
+    assert set(_by_name(p)) == {"inst-42", "fleet-7"}
+    p.terminate("inst-42")
+    assert server.downs == ["fleet-inst-42"]
+    with pytest.raises(LaunchError, match="torn down"):
+        p.launch(_req("inst-42"))
 
 
 @pytest.mark.parametrize("record,expect", [
@@ -188,15 +193,15 @@ def test_cluster_name_gets_the_prefix_once(world):
 ])
 def test_spot_losses_become_preemptions_with_zone_lifetime_price(world, record, expect):
     p, server, clock, _ = world
-    p.launch(_req("fleet-s"))
+    p.launch(_req("s"))
     server.finish_launch("fleet-s", SPOT)
-    assert _by_name(p)["fleet-s"].status is InstanceStatus.RUNNING
+    assert _by_name(p)["s"].status is InstanceStatus.RUNNING
     clock.tick(3600)
     if record is None:
         server.clusters.pop("fleet-s")
     else:
         server.clusters["fleet-s"].update(record)
-    inst = _by_name(p)["fleet-s"]  # one sync
+    inst = _by_name(p)["s"]  # one sync
     assert inst.status is InstanceStatus.PREEMPTED
     assert expect in inst.detail
     assert "zone=aws/us-east-1/us-east-1a" in inst.detail and "lifetime_s=3600" in inst.detail
@@ -209,20 +214,20 @@ def test_spot_losses_become_preemptions_with_zone_lifetime_price(world, record, 
 
 def test_on_demand_loss_is_a_failure_and_no_market_cooldown(world):
     p, server, clock, _ = world
-    p.launch(_req("fleet-o", ONDEMAND))
+    p.launch(_req("o", ONDEMAND))
     server.finish_launch("fleet-o", ONDEMAND)
     p.list()
     server.clusters.pop("fleet-o")
-    inst = _by_name(p)["fleet-o"]
+    inst = _by_name(p)["o"]
     assert inst.status is InstanceStatus.FAILED and "vanished" in inst.detail
     assert p.unavailable_markets() == set()
 
 
 def test_init_during_launch_is_pending_not_lost(world):
     p, server, *_ = world
-    p.launch(_req("fleet-i"))
+    p.launch(_req("i"))
     server.clusters["fleet-i"]["init_status_reason"] = "provisioning"
-    assert _by_name(p)["fleet-i"].status is InstanceStatus.PENDING
+    assert _by_name(p)["i"].status is InstanceStatus.PENDING
 
 
 def _capacity_error():
@@ -238,14 +243,14 @@ def _capacity_error():
 
 def test_failed_launch_is_classified_and_cools_the_market(world):
     p, server, clock, _ = world
-    p.launch(_req("fleet-f"))
+    p.launch(_req("f"))
     server.finish_launch("fleet-f", SPOT, error=_capacity_error())
-    inst = _by_name(p)["fleet-f"]
+    inst = _by_name(p)["f"]
     assert inst.status is InstanceStatus.FAILED and inst.failure is FailureKind.NO_CAPACITY
     assert "Failed to provision" in inst.detail
     assert SPOT.key in p.unavailable_markets()
     with pytest.raises(LaunchError) as err:  # the planner should not have asked; refuse outright
-        p.launch(_req("fleet-g"))
+        p.launch(_req("g"))
     assert err.value.kind is FailureKind.NO_CAPACITY and "cooldown" in str(err.value)
 
 
@@ -259,64 +264,64 @@ def test_refused_submission_raises_classified_launch_error(world):
 
     server.launch = refuse
     with pytest.raises(LaunchError) as err:
-        p.launch(_req("fleet-r"))
+        p.launch(_req("r"))
     assert err.value.kind is FailureKind.CREDENTIALS
     assert p.list() == []
 
 
 def test_terminate_is_idempotent_and_cancels_an_inflight_launch(world):
     p, server, *_ = world
-    p.launch(_req("fleet-t"))
-    p.terminate("fleet-t")
-    p.terminate("fleet-t")
+    p.launch(_req("t"))
+    p.terminate("t")
+    p.terminate("t")
     assert server.downs == ["fleet-t"]
     assert len(server.cancelled) == 1
     server.requests["req-1"] = ["CANCELLED", RuntimeError("cancelled")]
     server.requests["req-2"][0] = "SUCCEEDED"
     server.clusters.pop("fleet-t")
-    inst = _by_name(p)["fleet-t"]
+    inst = _by_name(p)["t"]
     assert inst.status is InstanceStatus.TERMINATED and inst.failure is None
-    p.terminate("fleet-unknown")  # never seen: still fine
+    p.terminate("unknown")  # never seen: still fine
     server.requests["req-3"] = ["FAILED", __import__("sky").exceptions.ClusterDoesNotExist("no such cluster")]
-    assert _by_name(p)["fleet-unknown"].status is InstanceStatus.TERMINATED
+    assert _by_name(p)["unknown"].status is InstanceStatus.TERMINATED
 
 
 def test_failed_down_is_retried_by_the_next_terminate(world):
     p, server, *_ = world
-    p.launch(_req("fleet-d"))
+    p.launch(_req("d"))
     server.finish_launch("fleet-d", SPOT)
     p.list()
-    p.terminate("fleet-d")
+    p.terminate("d")
     server.requests["req-2"] = ["FAILED", RuntimeError("ssh timed out")]
-    inst = _by_name(p)["fleet-d"]
+    inst = _by_name(p)["d"]
     assert inst.status is not InstanceStatus.TERMINATED and "down failed" in inst.detail
-    p.terminate("fleet-d")
+    p.terminate("d")
     assert server.downs == ["fleet-d", "fleet-d"]
 
 
 def test_restart_adopts_clusters_and_orphans_follow_config(world, sky_env):
     p, server, clock, health = world
-    p.launch(_req("fleet-k"))
+    p.launch(_req("k"))
     server.finish_launch("fleet-k", SPOT)
-    p.launch(_req("fleet-z", ONDEMAND))
+    p.launch(_req("z", ONDEMAND))
     server.finish_launch("fleet-z", ONDEMAND)
     server.clusters["other-cluster"] = {"name": "other-cluster", "status": "UP", "handle": None}
     # A new daemon process: no memory, same SkyPilot.
     fresh = SkyPilotProvider(p.cfg.model_copy(update={"orphans": "adopt"}), clock=clock, client=server,
                              health_check=lambda u, t: True)
     found = _by_name(fresh)
-    assert set(found) == {"fleet-k", "fleet-z"}  # not other people's clusters
-    assert found["fleet-k"].status is InstanceStatus.RUNNING and found["fleet-k"].offering_key == SPOT.key
-    assert found["fleet-z"].offering_key == ONDEMAND.key
+    assert set(found) == {"k", "z"}  # not other people's clusters
+    assert found["k"].status is InstanceStatus.RUNNING and found["k"].offering_key == SPOT.key
+    assert found["z"].offering_key == ONDEMAND.key
     assert fresh.healthy_endpoints("chat") == {"A10Gx1": ["http://10.0.0.7:8000", "http://10.0.0.7:8000"]}
-    acts = fresh.orphans(known_names=["fleet-k"])
-    assert [(a.name, a.action) for a in acts] == [("fleet-z", "adopted")]
+    acts = fresh.orphans(known_names=["k"])
+    assert [(a.name, a.cluster, a.action) for a in acts] == [("z", "fleet-z", "adopted")]
     assert server.downs == []
     killer = SkyPilotProvider(p.cfg, clock=clock, client=server, health_check=lambda u, t: True)
-    acts = killer.orphans(known_names=["fleet-k"])
-    assert [(a.name, a.action, a.offering_key) for a in acts] == [("fleet-z", "terminated", ONDEMAND.key)]
+    acts = killer.orphans(known_names=["k"])
+    assert [(a.name, a.action, a.offering_key) for a in acts] == [("z", "terminated", ONDEMAND.key)]
     assert server.downs == ["fleet-z"]
-    killer.orphans(known_names=["fleet-k"])
+    killer.orphans(known_names=["k"])
     assert server.downs == ["fleet-z"]  # not twice
 
 
