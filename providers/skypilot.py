@@ -575,6 +575,7 @@ class _Tracked:
     down_requested_at: datetime | None = None
     adopted: bool = False
     events: list[dict] = field(default_factory=list)
+    loss: dict | None = None  # zone, lifetime, price and reason of a preemption/loss
 
 
 @dataclass(frozen=True)
@@ -772,6 +773,13 @@ class SkyPilotProvider:
         now = self._clock()
         for rid, t in pending.items():
             st = states.get(rid)
+            if st is None:
+                # The API server does not know the request (its state was lost):
+                # stop waiting on it; the cluster record decides from here.
+                t.launch_done_at = now
+                t.detail = "launch request unknown to the API server"
+                log.warning("launch_request_lost", cluster=t.name, request_id=rid)
+                continue
             if st not in _FINISHED:
                 continue
             t.launch_done_at = now
@@ -893,6 +901,16 @@ class SkyPilotProvider:
         full += f"; price_per_hour={t.offering.price_per_hour}"
         self._set(t, status, now, full, failure=None if status is InstanceStatus.PREEMPTED else FailureKind.OTHER)
         t.healthy = False
+        t.loss = {
+            "status": str(status),
+            "at": now.isoformat(),
+            "reason": detail,
+            "offering": t.offering.key,
+            "zone": t.offering.location,
+            "market": str(t.offering.market),
+            "lifetime_s": lifetime,
+            "price_per_hour": t.offering.price_per_hour,
+        }
         if t.offering.market is Market.SPOT:
             self.mark_unavailable(t.offering.key, f"{status}: {detail}", now)
         log.warning("instance_lost", cluster=t.name, status=str(status), offering=t.offering.key,
@@ -1013,6 +1031,11 @@ class SkyPilotProvider:
     def history(self, name: str) -> list[dict]:
         t = self._tracked.get(self.cluster_name(name))
         return list(t.events) if t else []
+
+    def loss(self, name: str) -> dict | None:
+        """Structured record of a preemption/loss (zone, lifetime_s, price_per_hour, reason), for the store."""
+        t = self._tracked.get(self.cluster_name(name))
+        return dict(t.loss) if t and t.loss else None
 
     def tracked_offering(self, name: str) -> Offering | None:
         t = self._tracked.get(self.cluster_name(name))

@@ -240,6 +240,10 @@ def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path):
         assert lost.status is InstanceStatus.PREEMPTED, lost
         assert "zone=slurm/localcluster/spot" in lost.detail and "lifetime_s=" in lost.detail
         assert "price_per_hour=0.4" in lost.detail
+        loss = p.loss("r1")  # structured, for the store's preemption history
+        assert (loss["status"], loss["zone"], loss["market"], loss["price_per_hour"]) == (
+            "preempted", "slurm/localcluster/spot", "spot", 0.4)
+        assert loss["lifetime_s"] > 0
         assert first.key in p.unavailable_markets()
         assert p.healthy_endpoints() == {}
         assert [h["to"] for h in p.history("r1")] == ["running", "preempted"]

@@ -206,6 +206,9 @@ def test_spot_losses_become_preemptions_with_zone_lifetime_price(world, record, 
     assert expect in inst.detail
     assert "zone=aws/us-east-1/us-east-1a" in inst.detail and "lifetime_s=3600" in inst.detail
     assert "price_per_hour=0.4591" in inst.detail
+    loss = p.loss("s")
+    assert (loss["status"], loss["zone"], loss["lifetime_s"], loss["price_per_hour"], loss["market"]) == (
+        "preempted", "aws/us-east-1/us-east-1a", 3600.0, 0.4591, "spot")
     assert SPOT.key in p.unavailable_markets()
     assert p.healthy_endpoints() == {}
     clock.tick(601)
@@ -350,3 +353,15 @@ def test_classification_of_skypilot_errors(sky_env):
         is FailureKind.CREDENTIALS
     assert classify_failure(exceptions.ResourcesUnavailableError("Failed to provision")) is FailureKind.NO_CAPACITY
     assert classify_failure(RuntimeError("disk full on the API server")) is FailureKind.OTHER
+
+
+def test_launch_request_unknown_to_the_server_falls_back_to_the_cluster_record(world):
+    p, server, *_ = world
+    p.launch(_req("u"))
+    p.launch(_req("v"))
+    server.requests.clear()  # e.g. the API server lost its request table
+    server.clusters["fleet-u"].update(status="UP", handle=_handle(SPOT))
+    server.clusters.pop("fleet-v")
+    got = _by_name(p)
+    assert got["u"].status is InstanceStatus.RUNNING
+    assert got["v"].status is InstanceStatus.FAILED and "not found" in got["v"].detail
