@@ -198,13 +198,14 @@ def test_cli_json_contract(sky_env):
 
 def test_cli_table_and_config_file(sky_env, tmp_path):
     cfg = tmp_path / "fleet.toml"
-    cfg.write_text('[provider.skypilot]\nclouds = ["gcp"]\nregions = ["us-east4"]\n')
+    cfg.write_text('[provider]\nkind = "skypilot"\n[provider.skypilot]\nclouds = ["gcp"]\nregions = ["us-east4"]\n')
     r = _cli(["--config", str(cfg), "--gpu", "L4", "--limit", "3"])
     assert r.exit_code == 0, r.output
     lines = r.stdout.strip().splitlines()
     assert lines[0].split()[:3] == ["CLOUD", "REGION", "ZONE"]
     assert len(lines) == 1 + 3 + 1
     assert all(" us-east4 " in ln for ln in lines[1:4])
+    assert lines[-1].endswith("(skypilot)")  # the provider named by the config
 
 
 def test_cli_bad_config_names_file_and_key(sky_env, tmp_path):

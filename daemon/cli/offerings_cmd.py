@@ -88,7 +88,9 @@ def _read(kind: ProviderKind, cfg, gpu: Optional[str], cloud: Optional[str]):
 
 @app.callback(invoke_without_command=True)
 def offerings(
-    provider: ProviderKind = typer.Option(ProviderKind.skypilot, "--provider", help="Where offerings come from."),
+    provider: Optional[ProviderKind] = typer.Option(
+        None, "--provider", help="Where offerings come from (default: provider.kind of the config)."
+    ),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="Only this GPU type (e.g. A10G)."),
     cloud: Optional[str] = typer.Option(None, "--cloud", help="Only this cloud (aws, gcp, azure, lambda, slurm...)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list instead of a table."),
@@ -99,6 +101,7 @@ def offerings(
 ) -> None:
     _log_to_stderr()
     cfg = _load(config)
+    provider = provider or ProviderKind(cfg.provider.kind)
     os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
     os.environ.setdefault("NO_GCE_CHECK", "True")
     offers, read_at, notes = _read(provider, cfg, gpu, cloud)
