@@ -202,7 +202,8 @@ setup_user_and_ssh() {
 
   ssh-keygen -A >/dev/null  # host keys, if missing
   install -d -m 0755 /run/sshd
-  write_if_changed "$SSHD_CONF" <<EOF || true
+  local sshd_changed=0
+  write_if_changed "$SSHD_CONF" <<EOF && sshd_changed=1 || true
 # Written by scripts/slurm-cluster.sh: loopback-only sshd for the Slurm login node.
 Port $SSH_PORT
 ListenAddress 127.0.0.1
@@ -215,9 +216,13 @@ AllowUsers $SKY_USER
 UsePAM no
 MaxStartups 50:30:100
 MaxSessions 50
+# Reap sessions whose client died (e.g. a stopped SkyPilot API server's ssh).
+ClientAliveInterval 15
+ClientAliveCountMax 2
 Subsystem sftp internal-sftp
 EOF
   if pid_alive "$STATE/run/sshd.pid" sshd; then
+    if [ "$sshd_changed" = 1 ]; then kill -HUP "$(cat "$STATE/run/sshd.pid")"; log "sshd config changed: reloaded"; fi
     log "sshd already running on 127.0.0.1:$SSH_PORT"
   else
     /usr/sbin/sshd -f "$SSHD_CONF"

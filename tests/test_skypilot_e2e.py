@@ -179,10 +179,19 @@ def _squeue(partition: str | None = None) -> list[str]:
     return subprocess.run(args, capture_output=True, text=True, check=True).stdout.split("\n")[:-1]
 
 
-def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path):
+@pytest.fixture
+def prefix():
+    """A cluster-name prefix unique to the test; SkyPilot's Slurm runtime dirs of clusters that
+    were preempted (never `sky.down`ed: the record vanished) are removed afterwards."""
+    p = "fe2e" + uuid.uuid4().hex[:4]
+    yield p
+    for d in Path("/tmp").glob(f"{p}-*"):
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path, prefix):
     sky = sky_server
     timings: dict[str, float] = {}
-    prefix = "fe2e" + uuid.uuid4().hex[:4]
     cfg = _cfg(tmp_path, prefix)
     p = SkyPilotProvider(cfg)
 
@@ -293,11 +302,11 @@ def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path):
         Path(os.environ["FLEET_E2E_TIMINGS"]).write_text(json.dumps(timings, indent=2))
 
 
-def test_launch_without_cloud_credentials_is_classified(sky_server, tmp_path):
+def test_launch_without_cloud_credentials_is_classified(sky_server, tmp_path, prefix):
     """A real refusal: AWS is not enabled here (no credentials) -> CREDENTIALS, market cooled down."""
     from daemon.domain import Offering
 
-    p = SkyPilotProvider(_cfg(tmp_path, "fe2e" + uuid.uuid4().hex[:4], clouds=["aws", "slurm"]))
+    p = SkyPilotProvider(_cfg(tmp_path, prefix, clouds=["aws", "slurm"]))
     aws = Offering("aws", "us-east-1", "us-east-1a", "g5.xlarge", "A10G", 1, Market.SPOT, 0.4591)
     t0 = time.monotonic()
     try:
