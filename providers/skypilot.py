@@ -527,11 +527,12 @@ class SkyClient:
         """Result of a finished request (returns at once); raises its error."""
         return _sky().get(request_id)
 
-    def status(self) -> list[dict]:
+    def status(self, names: list[str] | None = None, refresh: str | None = None) -> list[dict]:
+        """Cluster records (all of ours when names is None), refreshed per `refresh` (default: config)."""
         sky = _sky()
         mode = {"force": sky.StatusRefreshMode.FORCE, "auto": sky.StatusRefreshMode.AUTO,
-                "none": sky.StatusRefreshMode.NONE}[self.refresh]
-        records = sky.get(sky.status(cluster_names=None, refresh=mode))
+                "none": sky.StatusRefreshMode.NONE}[refresh or self.refresh]
+        records = sky.get(sky.status(cluster_names=names, refresh=mode))
         return [_record_dict(r) for r in records]
 
 
@@ -685,6 +686,23 @@ class SkyPilotProvider:
             raise LaunchError(FailureKind.OTHER, f"{name} is being torn down; use a new instance name")
         if t is not None and t.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
             return  # idempotent by name
+        if t is None:
+            # Not in memory (daemon restarted between writing its intent and now):
+            # if SkyPilot already has the cluster, adopt it instead of launching
+            # again, which would start a second server on it.
+            try:
+                existing = self._client.status(names=[name], refresh="none")
+            except Exception as e:  # noqa: BLE001 - cannot tell: the launch itself will say
+                existing = []
+                log.warning("launch_precheck_failed", cluster=name, error=_short(e))
+            rec = next((r for r in existing if r.get("name") == name), None)
+            if rec is not None:
+                self._adopt(name, rec, now)
+                self._tracked[name].service = self._tracked[name].service or request.service
+                if self._tracked[name].offering.cloud == "?":
+                    self._tracked[name].offering = request.offering
+                log.info("launch_adopted_existing", cluster=name, status=rec.get("status"))
+                return
         key = request.offering.key
         if key in self.unavailable_markets(now):
             until, reason = self._cooldown[key]

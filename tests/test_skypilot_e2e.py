@@ -320,3 +320,18 @@ def test_launch_without_cloud_credentials_is_classified(sky_server, tmp_path, pr
     assert kind is FailureKind.CREDENTIALS, detail
     assert time.monotonic() - t0 < 120
     assert not [r for r in p.list() if r.name.endswith("nocreds") and r.status is InstanceStatus.RUNNING]
+
+
+def test_cluster_script_is_idempotent():
+    """A second `start` starts nothing and changes no recorded pid; `status` sees all four daemons."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm-cluster.sh"
+    pids = (STATE / "started.pids").read_text() if (STATE / "started.pids").exists() else None
+    env = dict(os.environ, FLEET_SLURM_SKIP_INSTALL="1")
+    out = subprocess.run([str(script), "start"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "started " not in out.stdout
+    assert out.stdout.count("already running") == 4
+    if pids is not None:
+        assert (STATE / "started.pids").read_text() == pids
+    st = subprocess.run([str(script), "status"], capture_output=True, text=True, timeout=60)
+    assert st.returncode == 0 and st.stdout.count(": running") == 4

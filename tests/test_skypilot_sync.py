@@ -114,8 +114,8 @@ class FakeServer:
             raise value
         return value
 
-    def status(self):
-        return [dict(r) for r in self.clusters.values()]
+    def status(self, names=None, refresh=None):
+        return [dict(r) for n, r in self.clusters.items() if names is None or n in names]
 
 
 @pytest.fixture
@@ -365,3 +365,14 @@ def test_launch_request_unknown_to_the_server_falls_back_to_the_cluster_record(w
     got = _by_name(p)
     assert got["u"].status is InstanceStatus.RUNNING
     assert got["v"].status is InstanceStatus.FAILED and "not found" in got["v"].detail
+
+
+def test_relaunch_after_restart_adopts_the_existing_cluster(world):
+    """Intent written, cluster launched, daemon crashed, launch retried: no second launch."""
+    p, server, clock, _ = world
+    p.launch(_req("c"))
+    server.finish_launch("fleet-c", SPOT)
+    fresh = SkyPilotProvider(p.cfg, clock=clock, client=server, health_check=lambda u, t: True)
+    fresh.launch(_req("c"))
+    assert [c for c, _ in server.launches] == ["fleet-c"]
+    assert _by_name(fresh)["c"].status is InstanceStatus.RUNNING
