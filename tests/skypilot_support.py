@@ -82,26 +82,43 @@ def sky_env(monkeypatch):
 
 
 class DownloadSpy:
-    """Records (and refuses) every HTTP request made through `requests` while installed."""
+    """Records (and refuses) every HTTP request made through `requests`, and every
+    socket connection to a non-loopback address, while installed."""
 
     def __init__(self):
         self.calls: list[str] = []
 
     def __enter__(self):
+        import socket
+
         import requests.sessions
 
         self._orig = requests.sessions.Session.request
+        self._orig_connect = socket.socket.connect
         spy = self
 
         def request(session, method, url, *a, **kw):
             spy.calls.append(f"{method} {url}")
             raise AssertionError(f"network access attempted: {method} {url}")
 
+        def connect(sock, address):
+            host = address[0] if isinstance(address, tuple) else str(address)
+            if sock.family in (socket.AF_INET, socket.AF_INET6) and not (
+                str(host).startswith("127.") or host in ("::1", "localhost")
+            ):
+                spy.calls.append(f"connect {address}")
+                raise AssertionError(f"network access attempted: connect {address}")
+            return spy._orig_connect(sock, address)
+
         requests.sessions.Session.request = request
+        socket.socket.connect = connect
         return self
 
     def __exit__(self, *exc):
+        import socket
+
         import requests.sessions
 
         requests.sessions.Session.request = self._orig
+        socket.socket.connect = self._orig_connect
         return False
