@@ -232,7 +232,7 @@ def test_launch_preempt_replace_teardown_on_slurm(sky_server, tmp_path, prefix):
 
     # -- preempt: a higher-priority job takes the GPUs ---------------------------
     t_pre = time.monotonic()
-    out = subprocess.run(["sbatch", "-p", "gpu", "--gres=gpu:a10g:2", "-c", "2", "--job-name=blocker",
+    out = subprocess.run(["sbatch", "-p", "gpu", "--gres=gpu:a10g:2", "-c", "2", "--job-name=blocker", "--output=/dev/null",
                           "--wrap", "sleep 300"], capture_output=True, text=True, check=True).stdout
     blocker = out.split()[-1]
     try:
