@@ -91,6 +91,12 @@ class SkyPilotProviderConfig(_Model):
     run: str = "python -m vllm.entrypoints.openai.api_server --model {model} --port {port}"
     envs: dict[str, str] = {}
     orphans: Literal["adopt", "terminate"] = "terminate"
+    gpus: list[str] = []  # GPU types to offer; empty = every GPU some service allows
+    cpus: str | None = None  # vCPUs asked for where there is no instance type to pin (Slurm), e.g. "1" or "4+"
+    preemptible_partitions: list[str] = ["spot"]  # Slurm partitions (SkyPilot zones) offered as market "spot"
+    status_refresh: Literal["force", "auto", "none"] = "force"  # sky.status refresh mode of each sync
+    health_timeout_s: PositiveFloat = 2.0
+    endpoints_file: str | None = None  # JSON of healthy endpoints per service and pool, rewritten each sync
 
 
 class ProviderConfig(_Model):

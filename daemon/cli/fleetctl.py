@@ -59,6 +59,7 @@ def _register_subcommands() -> None:
     from daemon.cli.profile_cmd import app as profile_app
 
     from daemon.cli import forecast_cmd
+    from daemon.cli.offerings_cmd import app as offerings_app
     from daemon.cli.plan_cmd import app as plan_app
 
     forecast_cmd.STORE_LOADER = _forecast_history
@@ -66,6 +67,7 @@ def _register_subcommands() -> None:
 
     app.add_typer(profile_app, name="profile")
     app.add_typer(plan_app, name="plan")
+    app.add_typer(offerings_app, name="offerings")
 
 
 _register_subcommands()

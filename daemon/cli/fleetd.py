@@ -51,7 +51,7 @@ def build_provider(cfg, clock):
         return SimulatedProvider(cfg.provider.simulated, clock)
     from providers.skypilot import SkyPilotProvider  # the real clouds; imported only when configured
 
-    return SkyPilotProvider(cfg.provider.skypilot, clock)
+    return SkyPilotProvider.from_config(cfg, clock=clock)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleetd: {e}", file=sys.stderr)
         return 2
     provider = build_provider(cfg, _now)
+    # The first call to SkyPilot starts its API server (tens of seconds): do it before the
+    # first tick, and fail here, clearly, rather than inside a tick.
+    try:
+        provider.list()
+    except Exception as e:
+        log.error("provider_unavailable", provider=cfg.provider.kind, error=f"{type(e).__name__}: {e}")
     loop = Loop(cfg=cfg, store=store, provider=provider, sources=sources, clock=_now)
     log.info("started", services=[s.name for s in cfg.services], provider=cfg.provider.kind, store=cfg.store.url,
              tick_interval_s=cfg.loop.tick_interval_s, dry_run=cfg.policy.dry_run, paused=cfg.policy.paused)

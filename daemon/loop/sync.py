@@ -30,6 +30,7 @@ _FAIL_REASON = {FailureKind.NO_CAPACITY: Reason.NO_CAPACITY, FailureKind.QUOTA: 
 class SyncResult:
     transitions: Counter = field(default_factory=Counter)
     orphans: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # names that became preempted/failed: may still hold a cluster
     alerts: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -48,6 +49,8 @@ def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime
             when = row.launched_at
         Store.transition(s, row, to, reason, when, detail)
         res.transitions[(src, str(to))] += 1
+        if to in (State.PREEMPTED, State.FAILED):
+            res.lost.append(row.name)
 
     for row in Store.instances(s, states=frozenset(State) - TERMINAL):
         known.add(row.name)
@@ -79,10 +82,7 @@ def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime
             elif st is State.RUNNING and p.endpoint and row.endpoint != p.endpoint:
                 row.endpoint = p.endpoint
         elif p.status is InstanceStatus.PREEMPTED:
-            if st is State.REQUESTED:
-                move(row, State.PREEMPTED, Reason.PREEMPTED, p.since, p.detail)
-            elif st is not State.REQUESTED:
-                move(row, State.PREEMPTED, Reason.PREEMPTED, p.since, p.detail)
+            move(row, State.PREEMPTED, Reason.PREEMPTED, p.since, p.detail)
         elif p.status is InstanceStatus.FAILED:
             reason = _FAIL_REASON.get(p.failure, Reason.LAUNCH_FAILED) if st in (State.REQUESTED, State.PROVISIONING) else Reason.DRIFT
             move(row, State.FAILED, reason, p.since, p.detail or None)

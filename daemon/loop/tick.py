@@ -255,6 +255,7 @@ def run_tick(loop: Loop) -> TickResult:
             Store.add_demand_windows(s, new_windows)
             for msg in sync.alerts:
                 Store.alert(s, now, "warning", "drift", msg)
+        _clean_up(loop, sync, now)
 
         # -- read what decide needs ------------------------------------------------------
         since = now - timedelta(seconds=cfg.loop.history_s)
@@ -271,6 +272,10 @@ def run_tick(loop: Loop) -> TickResult:
         # -- forecast, plan, reconcile (pure) -------------------------------------------------
         forecasts = forecast_all(cfg, history, now, loop.forecast_states)
         loop.last_forecasts = forecasts
+        provider_cooldown = getattr(provider, "unavailable_markets", None)
+        if provider_cooldown is not None:  # the provider's own view (SkyPilot: failed zones) adds to the store's
+            observed = FleetState(observed.fleet, observed.unavailable | frozenset(provider_cooldown(now)),
+                                  observed.preemptions_per_hour, observed.recently_lost)
         inputs = build_plan_inputs(cfg, now, forecasts, loop.capacity, loop._offerings, observed)
         the_plan = plan(inputs, cfg.solver)
         fleet = observed.fleet
@@ -358,6 +363,30 @@ def run_tick(loop: Loop) -> TickResult:
         except Exception:
             log.exception("tick_failure_not_recorded")
         return TickResult(decision_id, now, "failed", {}, None, (), {}, err)
+
+
+def _clean_up(loop: Loop, sync, now: datetime) -> None:
+    """Release what lost instances may still hold, and deal with orphans (best effort).
+
+    A failed or preempted launch can still hold a cluster on the provider
+    (SkyPilot keeps an INIT cluster after a failed start): terminate is idempotent,
+    so it is always called. Orphans (our prefix, unknown to the store) are
+    terminated unless provider.skypilot.orphans = "adopt" (then only alerted).
+    """
+    names = list(sync.lost)
+    adopt = loop.cfg.provider.kind == "skypilot" and loop.cfg.provider.skypilot.orphans == "adopt"
+    if not adopt:
+        names += sync.orphans
+    for name in names:
+        try:
+            loop.provider.terminate(name)
+        except Exception as e:
+            log.warning("cleanup_failed", instance=name, error=f"{type(e).__name__}: {e}")
+    if sync.orphans:
+        with loop.store.session() as s:
+            Store.alert(s, now, "warning", "orphan",
+                        f"{'kept (adopt)' if adopt else 'terminated'} {len(sync.orphans)} instance(s) the store "
+                        f"does not know: {', '.join(sorted(sync.orphans)[:10])}")
 
 
 def _publish_routes(the_plan: Plan, cfg: Config, decision_id: int) -> None:
