@@ -40,6 +40,12 @@ class LoopConfig(_Model):
     # Demand history the forecast reads: the fitted models use about 4 days (daily season + lags).
     history_s: PositiveFloat = 4 * 86400.0
     misfire_grace_s: PositiveFloat = 30.0
+    # Re-plan only when a forecast rate moved by more than this share, a size mix by more
+    # than this total variation, the fleet or the market cooldowns changed, or the plan is
+    # older than replan_every_s; otherwise the last plan stands (hysteresis, and no solve).
+    replan_rate_change: Annotated[float, Field(ge=0)] = 0.05
+    replan_mix_change: Annotated[float, Field(ge=0, le=1)] = 0.05
+    replan_every_s: PositiveFloat = 900.0
 
     @property
     def horizon_s(self) -> float:

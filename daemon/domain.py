@@ -239,7 +239,7 @@ class Plan:
     @property
     def acceptable(self) -> bool:
         """Whether a caller may act on the targets (otherwise it keeps the current fleet)."""
-        return self.status in ("optimal", "feasible", "heuristic")
+        return self.status in ("optimal", "feasible", "heuristic", "reused")
 
     def target_for(self, service: str) -> dict[str, int]:
         return {k: n for (s, k), n in self.targets.items() if s == service and n > 0}

@@ -167,3 +167,22 @@ def test_reconcile_gives_an_instance_one_action_per_tick():
         rec = reconcile(_plan({OD: target}), fleet, {o.key: o for o in OFFERS}, CFG.policy, T0)
         ids = [a.instance_id for a in rec.actions if a.instance_id]
         assert len(ids) == len(set(ids)), (target, rec.actions)
+
+
+def test_replan_only_when_demand_fleet_or_markets_move():
+    from daemon.loop.tick import plan_basis, plan_still_fits
+
+    base = plan_basis(_inputs(20.0))
+    later = T0 + timedelta(seconds=60)
+
+    def at(inputs, when=later):
+        from dataclasses import replace
+
+        return replace(plan_basis(inputs), at=when)
+
+    assert plan_still_fits(base, at(_inputs(20.5)), CFG)  # +2.5%: inside the 5% band
+    assert not plan_still_fits(base, at(_inputs(21.5)), CFG)  # +7.5%
+    assert not plan_still_fits(base, at(_inputs(20.0, cell=(2, 2))), CFG)  # the size mix moved
+    assert not plan_still_fits(base, at(_inputs(20.0, fleet=[_inst(1, OD, "running")])), CFG)
+    assert not plan_still_fits(base, at(_inputs(20.0, unavailable=frozenset({SPOT}))), CFG)
+    assert not plan_still_fits(base, at(_inputs(20.0), T0 + timedelta(seconds=CFG.loop.replan_every_s)), CFG)

@@ -60,6 +60,7 @@ class Loop:
     # Fitted forecast models per service, replaced whole by refit_forecasts (never mutated).
     forecast_states: dict = field(default_factory=dict)
     last_forecasts: dict = field(default_factory=dict)
+    _last_plan: tuple | None = None  # (Plan, PlanBasis) of the last solve
 
     def history(self) -> dict[str, list]:
         """The demand history as the last tick saw it (for the forecast refit job)."""
@@ -215,6 +216,60 @@ def build_plan_inputs(cfg: Config, now: datetime, forecasts: dict[str, DemandFor
     )
 
 
+@dataclass(frozen=True)
+class PlanBasis:
+    """What a plan was made for: enough to tell whether the next tick needs a new one."""
+
+    at: datetime
+    rates: dict[str, float]
+    mixes: dict[str, tuple]
+    fleet: tuple  # sorted (service, offering key, count) of live instances
+    unavailable: frozenset[str]
+
+
+def plan_basis(inputs: PlanInputs) -> PlanBasis:
+    counts = Counter((i.service, i.offering.key) for i in inputs.fleet)
+    return PlanBasis(
+        at=inputs.now, rates={d.service: d.forecast.rate_rps for d in inputs.demands},
+        mixes={d.service: d.forecast.mix for d in inputs.demands},
+        fleet=tuple(sorted((s, k, n) for (s, k), n in counts.items())), unavailable=inputs.unavailable,
+    )
+
+
+def plan_still_fits(old: PlanBasis, new: PlanBasis, cfg: Config) -> bool:
+    """Re-solve only when something the plan depends on moved (pure).
+
+    A new plan is made when the fleet changed under it (a loss, a launch that did
+    not follow the plan), a market went into or out of cooldown, a service's
+    forecast rate moved by more than `loop.replan_rate_change` or its size mix
+    by more than `loop.replan_mix_change` (total variation), or the plan is older
+    than `loop.replan_every_s`. Besides saving solver time this is hysteresis:
+    demand wobbling inside the band does not move the fleet.
+    """
+    lc = cfg.loop
+    if (new.at - old.at).total_seconds() >= lc.replan_every_s:
+        return False
+    if new.fleet != old.fleet or new.unavailable != old.unavailable or set(new.rates) != set(old.rates):
+        return False
+    for svc, rate in new.rates.items():
+        before = old.rates[svc]
+        if abs(rate - before) > lc.replan_rate_change * max(before, 1e-9) and abs(rate - before) > 1e-6:
+            return False
+        a, b = old.mixes.get(svc) or (), new.mixes.get(svc) or ()
+        if len(a) != len(b):
+            return False
+        tv = 0.5 * sum(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+        if tv > lc.replan_mix_change:
+            return False
+    return True
+
+
+def reused(p: Plan) -> Plan:
+    from dataclasses import replace
+
+    return replace(p, status="reused", solve_seconds=0.0, notes=p.notes + ("demand within the replan band",))
+
+
 def inputs_from_store(cfg: Config, db_url: str | None, provider: Provider | None = None,
                       now: datetime | None = None) -> PlanInputs:
     """PlanInputs as the next tick would build them, from the store (for `fleetctl plan`)."""
@@ -277,7 +332,12 @@ def run_tick(loop: Loop) -> TickResult:
             observed = FleetState(observed.fleet, observed.unavailable | frozenset(provider_cooldown(now)),
                                   observed.preemptions_per_hour, observed.recently_lost)
         inputs = build_plan_inputs(cfg, now, forecasts, loop.capacity, loop._offerings, observed)
-        the_plan = plan(inputs, cfg.solver)
+        basis = plan_basis(inputs)
+        if loop._last_plan is not None and plan_still_fits(loop._last_plan[1], basis, cfg):
+            the_plan = reused(loop._last_plan[0])
+        else:
+            the_plan = plan(inputs, cfg.solver)
+            loop._last_plan = (the_plan, basis) if the_plan.acceptable else None
         fleet = observed.fleet
         offer_map = {o.key: o for o in loop._offerings}
         rec = reconcile(the_plan, fleet, offer_map, cfg.policy, now, observed.recently_lost)
