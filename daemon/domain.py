@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import cached_property
 
 
 class Market(StrEnum):
@@ -115,9 +116,16 @@ class DemandWindow:
     input_tokens: float = 0.0
     output_tokens: float = 0.0
 
-    @property
+    # Cached: the forecast reads days of windows every tick. (cached_property writes the
+    # instance __dict__ directly, so it works on a frozen dataclass.)
+    @cached_property
     def requests(self) -> float:
         return float(sum(sum(row) for row in self.counts))
+
+    @cached_property
+    def start_s(self) -> float:
+        """Window start as epoch seconds."""
+        return self.start.timestamp()
 
     @property
     def rate(self) -> float:

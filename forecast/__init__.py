@@ -47,7 +47,7 @@ class DemandState:
 def _past(history: Sequence[DemandWindow], now_s: float) -> list[DemandWindow]:
     from forecast.series import to_epoch
 
-    return [w for w in history if to_epoch(w.start) + w.seconds <= now_s + 1e-6]
+    return [w for w in history if w.start_s + w.seconds <= now_s + 1e-6]
 
 
 def fit_demand(history: Sequence[DemandWindow], now: datetime | float, *, horizons_s: tuple[float, ...] = (360.0,),

@@ -57,7 +57,7 @@ def _weighted_counts(history: Sequence[DemandWindow], now_s: float, half_life_s:
     if len(shapes) != 1:
         raise ValueError(f"demand windows disagree on the bucket grid: {sorted(shapes)}")
     counts = np.array([w.counts for w in history], dtype=float)
-    ends = np.array([to_epoch(w.start) + w.seconds for w in history])
+    ends = np.array([w.start_s + w.seconds for w in history])
     weights = 0.5 ** (np.maximum(0.0, now_s - ends) / half_life_s)
     total = np.einsum("w,wij->ij", weights, counts)
     return total, float(total.sum())
@@ -79,7 +79,7 @@ def estimate_mix(history: Sequence[DemandWindow], now: datetime | float, config:
     """The size mix to plan for at `now` from observed windows (gaps are simply absent)."""
     cfg = config or MixConfig()
     now_s = to_epoch(now)
-    past = [w for w in history if to_epoch(w.start) + w.seconds <= now_s + 1e-6]  # finished windows only
+    past = [w for w in history if w.start_s + w.seconds <= now_s + 1e-6]  # finished windows only
     long_c, n_long = _weighted_counts(past, now_s, cfg.half_life_s)
     if n_long <= 0:
         shape = long_c.shape

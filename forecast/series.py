@@ -146,7 +146,7 @@ def series_from_windows(history: Iterable, step_s: float | None = None) -> RateS
         raise ValueError("no demand windows")
     secs = [float(w.seconds) for w in wins]
     native = max(set(secs), key=secs.count)
-    starts = np.array([to_epoch(w.start) for w in wins])
+    starts = np.array([w.start_s for w in wins])
     t0 = float(starts.min())
     n = int(round((starts.max() - t0) / native)) + 1
     req = np.zeros(n)

@@ -6,6 +6,8 @@ import math
 from datetime import datetime, timedelta
 from typing import Protocol
 
+import numpy as np
+
 from daemon.demand.traces import RequestTrace
 from daemon.demand.windows import aggregate
 from daemon.domain import BucketGrid, DemandWindow
@@ -46,8 +48,10 @@ class TraceReplay:
         done = min(done, self.n_windows)
         if done <= self._next:
             return []
-        out = aggregate(self.service, self.grid, self.origin, self.window_s, self._t_clock,
-                        self.trace.input_tokens, self.trace.output_tokens, self._next, done)
+        # Only the slice of the (sorted) trace inside these windows: a replay polls every tick.
+        lo, hi = np.searchsorted(self._t_clock, [self._next * self.window_s, done * self.window_s], side="left")
+        out = aggregate(self.service, self.grid, self.origin, self.window_s, self._t_clock[lo:hi],
+                        self.trace.input_tokens[lo:hi], self.trace.output_tokens[lo:hi], self._next, done)
         self._next = done
         return out
 
