@@ -228,6 +228,24 @@ class HoltWinters(Candidate):
         return out
 
 
+class _PathCandidate(Candidate):
+    """A model whose `_run(params, z, i0, k, m)` gives the k-step path and m recent one-step forecasts."""
+
+    def _run(self, params, z, i0, k, m):  # pragma: no cover - each subclass defines it
+        raise NotImplementedError
+
+    def point(self, params, z, i0, k):
+        return float(self._run(params, z, i0, k, 0)[0][-1])
+
+    def points(self, params, z, i0, ks):
+        path = self._run(params, z, i0, max(ks), 0)[0]
+        return {k: float(path[k - 1]) for k in ks}
+
+    def point_and_recent(self, params, z, i0, k, m):
+        path, recent = self._run(params, z, i0, k, m)
+        return float(path[-1]), recent
+
+
 @dataclass(frozen=True)
 class ArimaOnAdjusted:
     profile: np.ndarray = field(repr=False)  # seasonal profile (daily + weekly) by weekly phase
@@ -236,7 +254,7 @@ class ArimaOnAdjusted:
     window: int  # how many recent windows the per-tick filter reads
 
 
-class MstlArima(Candidate):
+class MstlArima(_PathCandidate):
     name = "mstl_arima"
     min_days = 2.0
     train_days = 21.0
@@ -268,17 +286,6 @@ class MstlArima(Candidate):
             warnings.simplefilter("ignore")
             fitted = SARIMAX(train, order=self.order, initialization="approximate_diffuse").fit(disp=False, maxiter=50, cov_type="none")
         return ArimaOnAdjusted(profile, self.order, np.asarray(fitted.params), window=max(48, ctx.period // 3))
-
-    def point(self, params: ArimaOnAdjusted, z, i0, k):
-        return self._run(params, z, i0, k, 0)[0][-1]
-
-    def points(self, params, z, i0, ks):
-        path = self._run(params, z, i0, max(ks), 0)[0]
-        return {k: float(path[k - 1]) for k in ks}
-
-    def point_and_recent(self, params, z, i0, k, m):
-        path, recent = self._run(params, z, i0, k, m)
-        return float(path[-1]), recent
 
     def _run(self, params: ArimaOnAdjusted, z, i0, k, m):
         from statsmodels.tsa.statespace.sarimax import SARIMAX
@@ -315,7 +322,7 @@ class SarimaxParams:
     window: int
 
 
-class SarimaxFourier(Candidate):
+class SarimaxFourier(_PathCandidate):
     name = "sarimax_fourier"
     min_days = 2.0
     train_days = 4.0
@@ -344,17 +351,6 @@ class SarimaxFourier(Candidate):
             # NaN windows are skipped by the Kalman filter; no covariance: only the point estimates are used
             res = SARIMAX(z, exog=x, order=self.order, initialization="approximate_diffuse").fit(disp=False, maxiter=50, cov_type="none")
         return SarimaxParams(self.order, np.asarray(res.params), dk, wk, ctx.period, ctx.week, max(48, ctx.period // 3))
-
-    def point(self, params: SarimaxParams, z, i0, k):
-        return float(self._run(params, z, i0, k, 0)[0][-1])
-
-    def points(self, params, z, i0, ks):
-        path = self._run(params, z, i0, max(ks), 0)[0]
-        return {k: float(path[k - 1]) for k in ks}
-
-    def point_and_recent(self, params, z, i0, k, m):
-        path, recent = self._run(params, z, i0, k, m)
-        return float(path[-1]), recent
 
     def _run(self, params: SarimaxParams, z, i0, k, m):
         from statsmodels.tsa.statespace.sarimax import SARIMAX
