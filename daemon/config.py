@@ -76,6 +76,9 @@ class SimulatedProviderConfig(_Model):
     spot_preemptions_per_hour: NonNegFloat = 0.02  # per-zone hazard of a zone-wide spot loss
     spot_trace_dir: str | None = None  # replay availability traces (see providers/spot_traces.py)
     spot_trace_offset_s: NonNegFloat = 0.0
+    # JSON file the simulated cloud keeps its machines in, so they outlive a fleetd restart
+    # as a real cloud's do (unset: in memory only, as a replay wants).
+    state_file: str | None = None
 
     @field_validator("launch_latency_s")
     @classmethod

@@ -15,6 +15,8 @@ availability traces (providers/spot_traces.py).
 from __future__ import annotations
 
 import csv
+import json
+import os
 import math
 import random
 import zlib
@@ -112,6 +114,9 @@ class SimulatedProvider:
         self._outages: dict[str, list[tuple[datetime, datetime]]] = {}
         self._outage_rng: dict[str, random.Random] = {}
         self.preemption_log: list[tuple[datetime, str, str]] = []  # (time, location, instance)
+        self._state_path = Path(cfg.state_file) if cfg.state_file else None
+        if self._state_path is not None and self._state_path.exists():
+            self._load_state()
 
     # -- the protocol -------------------------------------------------------------
 
@@ -137,6 +142,7 @@ class SimulatedProvider:
             name=request.name, offering=off, status=InstanceStatus.PENDING, since=now,
             ready_at=now + timedelta(seconds=latency), will_fail=will_fail,
         )
+        self._save_state()
 
     def terminate(self, name: str) -> None:
         now = self._advance()
@@ -145,6 +151,7 @@ class SimulatedProvider:
             return
         inst.status = InstanceStatus.TERMINATED
         inst.since = now
+        self._save_state()
 
     def list(self) -> list[ProviderInstance]:
         now = self._advance()
@@ -191,7 +198,47 @@ class SimulatedProvider:
                      if i.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING) and i.since < horizon]:
             del self._instances[name]
         self._last = max(last, now)
+        self._save_state()
         return now
+
+    # -- persistence: a simulated cloud outlives the daemon, as a real one does ----------
+
+    def _save_state(self) -> None:
+        if self._state_path is None:
+            return
+        doc = {
+            "epoch": self._epoch.isoformat() if self._epoch else None,
+            "last": self._last.isoformat() if self._last else None,
+            "rng": [self._rng.getstate()[0], list(self._rng.getstate()[1]), self._rng.getstate()[2]],
+            "instances": [{
+                "name": i.name, "offering": i.offering.key, "status": str(i.status), "since": i.since.isoformat(),
+                "ready_at": i.ready_at.isoformat(), "will_fail": i.will_fail,
+                "failure": str(i.failure) if i.failure else None, "detail": i.detail,
+            } for i in self._instances.values()],
+        }
+        tmp = self._state_path.with_suffix(self._state_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(doc))
+        os.replace(tmp, self._state_path)  # atomic: a crash leaves the old state or the new one
+
+    def _load_state(self) -> None:
+        try:
+            doc = json.loads(self._state_path.read_text())
+            self._epoch = datetime.fromisoformat(doc["epoch"]) if doc.get("epoch") else None
+            self._last = datetime.fromisoformat(doc["last"]) if doc.get("last") else None
+            v, internal, gauss = doc["rng"]
+            self._rng.setstate((v, tuple(internal), gauss))
+            for d in doc["instances"]:
+                off = self._offerings.get(d["offering"])
+                if off is None:
+                    continue  # no longer offered (edited table): it is reported vanished
+                self._instances[d["name"]] = _SimInstance(
+                    name=d["name"], offering=off, status=InstanceStatus(d["status"]),
+                    since=datetime.fromisoformat(d["since"]), ready_at=datetime.fromisoformat(d["ready_at"]),
+                    will_fail=d["will_fail"], failure=FailureKind(d["failure"]) if d["failure"] else None,
+                    detail=d["detail"],
+                )
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise OfferingsFileError(f"{self._state_path}: unreadable simulated-cloud state: {e}") from None
 
     def _preempt(self, inst: _SimInstance, at: datetime) -> None:
         inst.status = InstanceStatus.PREEMPTED

@@ -84,6 +84,7 @@ lead_time_s = 1
 [provider.simulated]
 launch_latency_s = [0.5, 1.5]
 spot_preemptions_per_hour = 200.0
+state_file = "{tmp_path / 'cloud.json'}"
 [policy]
 scale_down_delay_s = 2
 drain_s = 0.5
@@ -128,6 +129,11 @@ speedup = 120
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "interrupted_decisions_closed" not in r.stderr
+    # The simulated cloud kept its machines across the restart: nothing the daemon ran
+    # is reported vanished (drift), and on-demand machines did not "fail".
+    con = sqlite3.connect(db)
+    assert con.execute("select count(*) from instance_events where reason = 'drift'").fetchone()[0] == 0
+    con.close()
 
 
 def test_forecast_show_reads_the_store(tmp_path, monkeypatch):

@@ -99,3 +99,18 @@ def test_trace_replay_preempts_when_the_zone_trace_drops_to_zero(clock):
     assert inst.since == t0 + timedelta(seconds=(drop - start) * trace.gap_seconds)
     with pytest.raises(LaunchError):  # no capacity while the trace says 0
         p.launch(_req(p, "s2"))
+
+
+def test_state_file_keeps_machines_across_a_restart(clock, tmp_path):
+    cfg = SimulatedProviderConfig(stockout_probability=0, launch_failure_probability=0, spot_preemptions_per_hour=0,
+                                  launch_latency_s=(30, 30), state_file=str(tmp_path / "cloud.json"))
+    p = SimulatedProvider(cfg, clock)
+    p.launch(_req(p, "a", market=Market.ON_DEMAND))
+    p.launch(_req(p, "b"))
+    clock.advance(10)
+    p.list()
+    again = SimulatedProvider(cfg, clock)  # the daemon restarted; the cloud did not
+    clock.advance(30)
+    assert {i.name: i.status for i in again.list()} == {"a": InstanceStatus.RUNNING, "b": InstanceStatus.RUNNING}
+    again.launch(_req(again, "a", market=Market.ON_DEMAND))  # still idempotent by name
+    assert len(again.list()) == 2
