@@ -143,3 +143,13 @@ def test_forecast_show_reads_the_store(tmp_path, monkeypatch):
     r = runner.invoke(app, ["forecast", "show", "--service", "chat"])
     assert r.exit_code == 0, r.output
     assert "chat" in r.output
+
+
+def test_simulate_with_real_spot_availability_traces(tmp_path):
+    from tests.conftest import SPOT_AWS3
+
+    out = _simulate(["--trace", str(need(AZURE_CONV)), "--db", f"sqlite:///{tmp_path / 's.db'}",
+                     "--spot-traces", str(need(SPOT_AWS3))])
+    assert out["total_cost_usd"] > 0 and out["slo_attainment"] > 0.9
+    r = runner.invoke(app, ["simulate", "--trace", str(AZURE_CONV), "--spot-traces", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "not a directory" in r.output

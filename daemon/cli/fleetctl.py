@@ -150,6 +150,8 @@ def simulate(
     db: Optional[str] = typer.Option(None, help=f"database URL (default: a fresh {DEFAULT_SIM_DB})"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     warmup_s: Optional[float] = typer.Option(None, help="seconds of warm start before the workload"),
+    spot_traces: Optional[Path] = typer.Option(None, help="replay spot availability traces from this directory "
+                                               "(e.g. ../shared/data/spot/skyserve/AWS3) instead of the zone hazard"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every tick (JSON lines on stderr)"),
 ) -> None:
     """Replay a workload through the real control loop in virtual time against the simulated cloud."""
@@ -159,6 +161,11 @@ def simulate(
     if trace is not None and demo:
         _fail("give either --trace or --demo, not both")
     cfg = _load_config(config)
+    if spot_traces is not None:
+        if not spot_traces.is_dir():
+            _fail(f"--spot-traces {spot_traces}: not a directory")
+        sim = cfg.provider.simulated.model_copy(update={"spot_trace_dir": str(spot_traces)})
+        cfg = cfg.model_copy(update={"provider": cfg.provider.model_copy(update={"simulated": sim})})
     if cfg.provider.kind != "simulated":
         typer.echo(f"note: provider.kind = {cfg.provider.kind} in the config; a replay always uses the simulated "
                    "provider with [provider.simulated]", err=True)

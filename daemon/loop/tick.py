@@ -300,8 +300,12 @@ def run_tick(loop: Loop) -> TickResult:
     try:
         # -- observe: provider truth first, then demand (txn 1) -------------------------
         listed = provider.list()
-        if not loop._offerings:
-            loop._offerings = provider.offerings()
+        # Every tick: providers cache their catalog and re-read it on their own schedule
+        # (SkyPilot: provider.skypilot.catalog_refresh_s). Instances keep the price in
+        # effect at their launch; the decision records when the prices it used were read.
+        loop._offerings = provider.offerings()
+        snapshot = getattr(provider, "offerings_snapshot", None)
+        prices_read_at = snapshot().read_at.isoformat() if snapshot is not None else None
         new_windows = []
         for svc, src in loop.sources.items():
             new_windows.extend(src.poll(now))
@@ -358,6 +362,7 @@ def run_tick(loop: Loop) -> TickResult:
             d.actions = [a.as_dict() for a in rec.actions]
             d.inputs = {
                 "new_windows": len(new_windows), "unavailable": sorted(inputs.unavailable),
+                "prices_read_at": prices_read_at, "offerings": len(loop._offerings),
                 "fleet": dict(Counter(f.state for f in fleet)), "synced": sync.summary(), "mode": mode,
                 "skipped_for_budget": rec.skipped_for_budget, "skipped_for_limits": rec.skipped_for_limits,
                 "held_for_make_before_break": rec.held_for_make_before_break,
