@@ -371,10 +371,12 @@ def run_tick(loop: Loop) -> TickResult:
                 Store.alert(s, now, "critical", "budget",
                             f"{rec.skipped_for_budget} launch(es) not made: budget {cfg.policy.budget_per_hour} $/h",
                             decision_id=d.id)
-            for svc, rps in the_plan.unserved_rps.items():
+            # Plan alerts once per solve, not again on every tick that reuses the plan.
+            fresh = the_plan.status != "reused"
+            for svc, rps in (the_plan.unserved_rps.items() if fresh else ()):
                 Store.alert(s, now, "warning", "unserved", f"{rps:.2f} req/s of {svc} cannot be served: "
                             + "; ".join(the_plan.notes), service=svc, decision_id=d.id)
-            if the_plan.binding:
+            if fresh and the_plan.binding:
                 Store.alert(s, now, "warning", "binding_limit",
                             f"plan bound by {', '.join(the_plan.binding)}: " + "; ".join(the_plan.notes),
                             decision_id=d.id)
