@@ -21,12 +21,14 @@
 # $STATE/started.pids; `stop` kills only those pids (never by name).
 #
 # Env: FLEET_SLURM_STATE (default /var/lib/fleet-slurm), FLEET_PYTHON (the venv
-# whose pip gets python-hostlist and uv; default /tmp/venvtest/bin/python),
+# whose pip gets python-hostlist and uv; default: the checkout's .venv, which
+# scripts/env.sh creates),
 # FLEET_SLURM_SKIP_INSTALL=1 to skip apt/pip (already installed).
 set -euo pipefail
 
 STATE=${FLEET_SLURM_STATE:-/var/lib/fleet-slurm}
-PY=${FLEET_PYTHON:-/tmp/venvtest/bin/python}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=${FLEET_PYTHON:-$ROOT/.venv/bin/python}
 SSH_PORT=2222
 SKY_USER=sky
 HOST=$(hostname -s)
@@ -51,8 +53,9 @@ install_packages() {
   done
   if [ ${#need[@]} -gt 0 ]; then
     log "apt-get install ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
+    # Wait for another apt (unattended upgrades, a parallel install) instead of failing.
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q "${need[@]}" >/dev/null
   fi
   # python-hostlist is SkyPilot's `slurm` extra; uv is copied to the node (shims below).
   [ -x "$PY" ] || die "FLEET_PYTHON=$PY is not an executable python"
