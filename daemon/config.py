@@ -46,6 +46,8 @@ class LoopConfig(_Model):
     replan_rate_change: Annotated[float, Field(ge=0)] = 0.05
     replan_mix_change: Annotated[float, Field(ge=0, le=1)] = 0.05
     replan_every_s: PositiveFloat = 900.0
+    # JSON of the healthy endpoints per service and pool, rewritten after each tick (unset: not written).
+    endpoints_path: str | None = None
 
     @property
     def horizon_s(self) -> float:
@@ -105,7 +107,6 @@ class SkyPilotProviderConfig(_Model):
     preemptible_partitions: list[str] = ["spot"]  # Slurm partitions (SkyPilot zones) offered as market "spot"
     status_refresh: Literal["force", "auto", "none"] = "force"  # sky.status refresh mode of each sync
     health_timeout_s: PositiveFloat = 2.0
-    endpoints_file: str | None = None  # JSON of healthy endpoints per service and pool, rewritten each sync
 
 
 class ProviderConfig(_Model):
@@ -119,20 +120,50 @@ class SloConfig(_Model):
     tpot_p99_ms: PositiveFloat = 120.0
 
 
+class PrometheusDemandConfig(_Model):
+    """Prometheus HTTP API with vLLM's metrics (daemon/demand/prometheus.py); queries are PromQL
+    templates where {sel} is the selector and {w} the window (defaults: vLLM's metric names)."""
+
+    url: str
+    selector: str = ""  # e.g. model_name="llama"
+    requests_query: str | None = None
+    input_buckets_query: str | None = None
+    output_buckets_query: str | None = None
+    timeout_s: PositiveFloat = 10.0
+    # A window is read this long after it ended, so the scrapes inside it are in (1-2 scrape intervals).
+    lateness_s: NonNegFloat = 30.0
+    backfill_s: NonNegFloat = 3600.0  # history read at the very first start
+
+
 class DemandSourceConfig(_Model):
-    source: Literal["demo", "trace"] = "demo"
-    path: str | None = None  # request log (CSV/JSONL, .xz/.gz ok) when source = "trace"
+    """Where a service's demand comes from: one `kind`, one protocol (daemon/demand/source.py)."""
+
+    # demo: the built-in seeded workload; trace: a request log replayed as if live;
+    # request-log: a log the daemon tails as it grows; prometheus: vLLM's metrics.
+    kind: Literal["demo", "trace", "request-log", "prometheus"] = "demo"
+    path: str | None = None  # the request log (trace, request-log); .xz/.gz/.bz2 only for trace
     format: Literal["auto", "azure", "jsonl", "csv"] = "auto"
+    columns: dict[str, str] = {}  # other column / key names: {"timestamp": ..., "input_tokens": ..., "output_tokens": ...}
     on_bad_row: Literal["skip", "reject"] = "skip"
-    speedup: PositiveFloat = 1.0  # live replay of a trace: trace seconds per wall second
+    speedup: PositiveFloat = 1.0  # trace: trace seconds per clock second
+    # request-log: a window is counted this long after it ended (a log written when requests
+    # finish stamps them with their arrival, up to a request's duration late).
+    lateness_s: NonNegFloat = 5.0
     demo_days: PositiveFloat = 3.0
     demo_mean_rps: PositiveFloat = 4.0
     demo_seed: int = 11
+    prometheus: PrometheusDemandConfig | None = None
 
     @model_validator(mode="after")
-    def _path_for_trace(self) -> "DemandSourceConfig":
-        if self.source == "trace" and not self.path:
-            raise ValueError("path is required when source = 'trace'")
+    def _complete(self) -> "DemandSourceConfig":
+        if self.kind in ("trace", "request-log") and not self.path:
+            raise ValueError(f"path is required when kind = '{self.kind}'")
+        if self.kind == "prometheus" and self.prometheus is None:
+            raise ValueError("kind = 'prometheus' needs its [services.demand.prometheus] section (url, ...)")
+        unknown = set(self.columns) - {"timestamp", "input_tokens", "output_tokens"}
+        if unknown:
+            raise ValueError(f"columns: unknown field(s) {sorted(unknown)}; allowed: timestamp, input_tokens, "
+                             "output_tokens")
         return self
 
 
@@ -143,8 +174,6 @@ class ServiceConfig(_Model):
     min_replicas: Annotated[int, Field(ge=0)] = 1
     slo: SloConfig = SloConfig()
     demand: DemandSourceConfig = DemandSourceConfig()
-    # A live feed (request log tailed, or Prometheus) instead of `demand` when set.
-    feed: "DemandFeedConfig | None" = None
     forecast: "ForecastConfig" = Field(default_factory=lambda: ForecastConfig())
 
 
@@ -171,6 +200,20 @@ class PolicyConfig(_Model):
     spot_loss_coverage: Annotated[float, Field(ge=0, le=1)] = 0.8
     min_on_demand_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     market_cooldown_s: NonNegFloat = 600.0  # a spot market that failed/preempted gets nothing for this long
+    # A launch not healthy this long after the provider accepted it is failed, terminated and
+    # replaced elsewhere. SkyServe waits 1200 s for a replica's first readiness probe
+    # (sky/serve/constants.py DEFAULT_INITIAL_DELAY_SECONDS, SkyPilot 0.14.1) and Karpenter 15 min
+    # for a node to register (registrationTTL); our SkyPilot e2e on Slurm took 40-90 s and cloud
+    # GPU VMs with a 7B vLLM server come up in 3-10 min.
+    launch_timeout_s: PositiveFloat = 1200.0
+    # A market whose launches keep failing backs off: the n-th failure in a row (no launch
+    # became healthy since) keeps it out for market_cooldown_s x 2^(n-1), at most this long...
+    max_market_cooldown_s: PositiveFloat = 6 * 3600.0
+    backoff_alert_after: Annotated[int, Field(ge=1)] = 3  # ...and from this many failures in a row, alerts.
+    # A termination not confirmed by the provider this long after it was asked for is
+    # alerted (it is retried every tick); a drain held this long past its end is forced.
+    terminate_timeout_s: PositiveFloat = 900.0
+    drain_timeout_s: PositiveFloat = 900.0
 
 
 class QuotaConfig(_Model):
@@ -320,49 +363,6 @@ class ProfilesConfig(_Model):
     engine: Literal["vllm-v1", "vllm-v0"] = "vllm-v1"  # serving engine the estimator assumes
     dtype: Literal["bf16", "fp16", "fp8", "int8"] = "bf16"
 
-
-
-# --- demand feeds and forecasting (issue 5; the lead hooks these into ServiceConfig / the loop) ---
-
-
-class RequestLogFeedConfig(_Model):
-    """A request log the daemon tails (forecast.sources.request_log)."""
-
-    path: str
-    format: Literal["auto", "azure", "jsonl", "csv"] = "auto"
-    columns: dict[str, str] = {}  # format csv: {"timestamp": COL, "input_tokens": COL, "output_tokens": COL}
-    on_bad_row: Literal["skip", "reject"] = "skip"
-
-    @model_validator(mode="after")
-    def _csv_needs_columns(self) -> "RequestLogFeedConfig":
-        if self.format == "csv" and set(self.columns) != {"timestamp", "input_tokens", "output_tokens"}:
-            raise ValueError("format 'csv' needs columns with exactly timestamp, input_tokens, output_tokens")
-        return self
-
-
-class PrometheusFeedConfig(_Model):
-    """Prometheus HTTP API with vLLM's metrics (forecast.sources.prometheus); queries are PromQL
-    templates where {sel} is the selector and {w} the window (defaults: vLLM metric names)."""
-
-    url: str
-    selector: str = ""  # e.g. model_name="llama"
-    requests_query: str | None = None
-    input_buckets_query: str | None = None
-    output_buckets_query: str | None = None
-    timeout_s: PositiveFloat = 10.0
-
-
-class DemandFeedConfig(_Model):
-    kind: Literal["request-log", "prometheus"]
-    request_log: RequestLogFeedConfig | None = None
-    prometheus: PrometheusFeedConfig | None = None
-
-    @model_validator(mode="after")
-    def _section_present(self) -> "DemandFeedConfig":
-        section = self.request_log if self.kind == "request-log" else self.prometheus
-        if section is None:
-            raise ValueError(f"kind = '{self.kind}' needs its [{self.kind.replace('-', '_')}] section")
-        return self
 
 
 class ForecastConfig(_Model):

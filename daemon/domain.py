@@ -209,6 +209,8 @@ class FleetInstance:
     launched_at: datetime | None = None
     ready_at: datetime | None = None
     drain_until: datetime | None = None
+    state_since: datetime | None = None  # when it entered `state`
+    last_reason: str | None = None  # why it did
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,10 @@ class Reason(StrEnum):
     DRAIN_COMPLETE = "drain_complete"
     TERMINATE_CONFIRMED = "terminate_confirmed"
     PREEMPTED = "preempted"
-    ORPHAN = "orphan"
+    ORPHAN = "orphan"  # found on the provider, unknown to the store: adopted
     CANCELLED = "cancelled"  # intent dropped before the provider was called
+    LAUNCH_TIMEOUT = "launch_timeout"  # accepted, never healthy within policy.launch_timeout_s
+    DRAIN_TIMEOUT = "drain_timeout"  # a drain held past policy.drain_timeout_s: forced
 
 
 TERMINAL = frozenset({State.TERMINATED, State.PREEMPTED, State.FAILED})
@@ -48,17 +50,17 @@ BILLABLE = frozenset({State.PROVISIONING, State.RUNNING, State.DRAINING, State.T
 # Each edge with why it exists.
 TRANSITIONS: dict[State, dict[State, str]] = {
     State.REQUESTED: {
-        State.PROVISIONING: "the provider accepted the launch",
+        State.PROVISIONING: "the provider accepted the launch (or an orphan found starting is adopted)",
         State.FAILED: "the provider refused the launch (capacity, quota, credentials)",
         State.TERMINATED: "intent cancelled before the provider held anything",
-        State.RUNNING: "adopted after a restart: the provider already runs it",
+        State.RUNNING: "adopted: the provider already runs it (a restart, or an orphan found)",
         State.PREEMPTED: "the spot machine was taken back before we saw it accepted",
     },
     State.PROVISIONING: {
         State.RUNNING: "the server answers its health check",
         State.FAILED: "the machine or the server never came up",
         State.PREEMPTED: "spot capacity taken back while starting",
-        State.TERMINATING: "no longer wanted before it became ready (nothing to drain)",
+        State.TERMINATING: "no longer wanted before it became ready, or never healthy in time (launch timeout)",
     },
     State.RUNNING: {
         State.DRAINING: "scale-down: out of routing before termination",
@@ -75,7 +77,7 @@ TRANSITIONS: dict[State, dict[State, str]] = {
     State.TERMINATING: {
         State.TERMINATED: "the provider no longer lists it",
         State.PREEMPTED: "the cloud took it first",
-        State.FAILED: "terminate reported an error the provider cannot resolve",
+        State.FAILED: "a launch that timed out is confirmed gone; or terminate failed for good",
     },
     State.TERMINATED: {},
     State.PREEMPTED: {},

@@ -27,16 +27,15 @@ from typing import Callable
 import structlog
 
 from daemon.config import Config
-from daemon.demand.demo import demo_trace
+from daemon.demand.request_log import RequestTrace
 from daemon.demand.source import TraceReplay
-from daemon.demand.traces import RequestTrace, read_trace
 from daemon.domain import CapacityTable, DemandWindow, Plan
 from daemon.lifecycle import Reason
-from daemon.loop.tick import Loop, run_tick
+from daemon.loop.tick import run_tick
 from daemon.store.migrate import upgrade
 from daemon.store.repo import Store, instance_cost
 from daemon.store.schema import Decision, Instance, InstanceEvent, SimulationRun
-from providers.simulated import SimulatedProvider
+from daemon.wiring import build_provider, build_system, load_workload, open_store
 
 log = structlog.get_logger("fleet.simulate")
 
@@ -50,19 +49,6 @@ class VirtualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-class _Recording:
-    """Wraps a source to keep what the last poll returned (for attainment)."""
-
-    def __init__(self, inner: TraceReplay):
-        self.inner = inner
-        self.service = inner.service
-        self.last: list[DemandWindow] = []
-
-    def poll(self, now: datetime) -> list[DemandWindow]:
-        self.last = self.inner.poll(now)
-        return self.last
 
 
 def window_attainment(w: DemandWindow, plan: Plan | None, running: dict[tuple[str, str], int],
@@ -117,19 +103,14 @@ class SimulationSummary:
 
 
 def workload_for(cfg: Config, trace_path: str | None) -> RequestTrace:
-    if trace_path:
-        svc = cfg.services[0].demand
-        return read_trace(trace_path, fmt=svc.format if svc.source == "trace" else "auto", on_bad_row=svc.on_bad_row)
-    svc0 = cfg.services[0].demand
-    if svc0.source == "trace" and svc0.path:
-        return read_trace(svc0.path, fmt=svc0.format, on_bad_row=svc0.on_bad_row)
-    return demo_trace(days=svc0.demo_days, mean_rps=svc0.demo_mean_rps, seed=svc0.demo_seed)
+    """The first service's workload: `trace_path`, else its configured trace, else the demo."""
+    return load_workload(cfg, cfg.services[0], trace_path)
 
 
 def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | None = None,
              progress: Callable[[float, dict], None] | None = None) -> SimulationSummary:
     wall0 = time.perf_counter()
-    store = Store.open(db_url, durable=False)
+    store = open_store(cfg, db_url, durable=False)
     upgrade(store.engine)
     with store.session() as s:
         existing = s.query(Decision).count()
@@ -142,12 +123,13 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
     origin = trace.start
     grid = cfg.buckets.grid()
     clock = VirtualClock(origin - timedelta(seconds=warmup_s))
-    provider = SimulatedProvider(cfg.provider.simulated, clock)
+    # A replay always runs against the simulated cloud, whatever provider.kind says.
+    provider = build_provider(cfg.model_copy(update={"provider": cfg.provider.model_copy(update={"kind": "simulated"})}),
+                              clock)
     # The workload drives the first service; a multi-service replay feeds each from its own trace.
     svc = cfg.services[0].name
     replay = TraceReplay(svc, trace, grid, window_s, origin)
-    source = _Recording(replay)
-    loop = Loop(cfg=cfg, store=store, provider=provider, sources={svc: source}, clock=clock)
+    loop = build_system(cfg, clock=clock, store=store, provider=provider, sources={svc: replay}).loop()
     prior = replay.preview(before=clock.now, count=max(1, int(math.ceil(cfg.policy.scale_down_delay_s / window_s / 2))))
     with store.session() as s:
         Store.add_demand_windows(s, prior)
@@ -166,7 +148,7 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
         ticks += 1
         if result.outcome == "failed":
             failed_ticks += 1
-        for w in source.last:
+        for w in result.windows:
             if w.start < origin:
                 continue
             a = window_attainment(w, last_plan, last_running, loop.capacity)

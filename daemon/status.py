@@ -116,3 +116,29 @@ def audit(s: Session, since: datetime | None = None, until: datetime | None = No
     preemptions = [{"zone": "/".join([c, r, z or "-"]), "count": n} for c, r, z, n in s.execute(pz)]
     return {"since": _iso(since), "until": _iso(until), "group_by": list(by), "total_cost_usd": round(total, 4),
             "groups": out_groups, "events_by_reason": reasons, "preemptions_by_zone": preemptions}
+
+
+def forecast_history(s: Session, cfg, service: str):
+    """(history windows, recorded forecasts) of a service, for `fleetctl forecast show --service`.
+
+    Raises LookupError when there is nothing to show.
+    """
+    from datetime import timedelta
+
+    from daemon.domain import DemandForecast
+    from daemon.store.repo import Store
+
+    last = s.scalar(select(Decision.at).order_by(Decision.id.desc()).limit(1))
+    if last is None:
+        raise LookupError("no decision recorded yet: nothing to show")
+    history = Store.demand_history(s, service, cfg.buckets.grid(), last - timedelta(seconds=cfg.loop.history_s))
+    if not history:
+        raise LookupError(f"no demand recorded for service {service!r}")
+    forecasts = []
+    for at, fc in s.execute(select(Decision.at, Decision.forecast).order_by(Decision.id.desc()).limit(500)):
+        f = (fc or {}).get(service)
+        if f:
+            forecasts.append(DemandForecast(service, at, f["horizon_s"], f["rate_rps"],
+                                            tuple(tuple(r) for r in f.get("mix", [])), f["method"],
+                                            f.get("quantile", 0.5), f.get("details", {})))
+    return history, list(reversed(forecasts))

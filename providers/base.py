@@ -13,7 +13,16 @@ ICloudInstanceProvider, see DESIGN-NOTES):
   instance the cloud took back shows as PREEMPTED or disappears; the caller
   treats a known name that vanished as lost.
 - `terminate` is idempotent: unknown or already gone names are fine.
-- `offerings` lists what can be rented now with the price in effect.
+- `offerings_snapshot` lists what can be rented with the price in effect and
+  when those prices were read (providers cache their catalog and refresh it on
+  their own schedule; the loop reads it every tick and records `read_at`).
+- `unavailable_markets(now)` names offering keys the provider itself knows to
+  be unusable now (SkyPilot: zones that just refused a launch), on top of what
+  the store's history tells the loop.
+- `list` has no side effects beyond reading the cloud: publishing endpoints,
+  cleaning up and recording are the loop's.
+
+These five are all the loop calls; nothing is probed with getattr.
 
 Names are deterministic (derived from the instance id the store assigned before
 the call), so a daemon that crashed between writing its intent and calling the
@@ -68,13 +77,26 @@ class ProviderInstance:
     failure: FailureKind | None = None
     detail: str = ""
     since: datetime | None = None  # when the provider last saw the status change
+    healthy: bool = True  # RUNNING and its health endpoint answered at the last check
+
+
+@dataclass(frozen=True)
+class OfferingsSnapshot:
+    """The offerings as read at one moment; instances keep the price in effect at their launch."""
+
+    read_at: datetime
+    offerings: tuple[Offering, ...]
+    seconds: float = 0.0  # how long the read took
+    errors: tuple[str, ...] = ()  # clouds / files that could not be read
 
 
 @runtime_checkable
 class Provider(Protocol):
     name: str
 
-    def offerings(self) -> list[Offering]: ...
+    def offerings_snapshot(self) -> OfferingsSnapshot: ...
+
+    def unavailable_markets(self, now: datetime) -> frozenset[str]: ...
 
     def launch(self, request: LaunchRequest) -> None: ...
 

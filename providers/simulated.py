@@ -28,7 +28,9 @@ from typing import Callable
 
 from daemon.config import SimulatedProviderConfig
 from daemon.domain import Market, Offering
-from providers.base import FailureKind, InstanceStatus, LaunchError, LaunchRequest, ProviderInstance
+from providers.base import (
+    FailureKind, InstanceStatus, LaunchError, LaunchRequest, OfferingsSnapshot, ProviderInstance,
+)
 from providers.spot_traces import AvailabilityTrace, load_trace_dir
 
 # A zone-wide spot loss lasts this long on average before capacity returns
@@ -104,6 +106,7 @@ class SimulatedProvider:
         if cfg.clouds:
             offerings = [o for o in offerings if o.cloud in cfg.clouds]
         self._offerings = {o.key: o for o in offerings}
+        self._snapshot: OfferingsSnapshot | None = None
         self._instances: dict[str, _SimInstance] = {}
         self._traces: dict[str, AvailabilityTrace] = (
             load_trace_dir(cfg.spot_trace_dir) if cfg.spot_trace_dir else {}
@@ -120,8 +123,18 @@ class SimulatedProvider:
 
     # -- the protocol -------------------------------------------------------------
 
+    def offerings_snapshot(self) -> OfferingsSnapshot:
+        # The table is read once, at start: its prices are those of that moment.
+        if self._snapshot is None:
+            self._snapshot = OfferingsSnapshot(self._clock(), tuple(self._offerings.values()))
+        return self._snapshot
+
     def offerings(self) -> list[Offering]:
-        return list(self._offerings.values())
+        return list(self.offerings_snapshot().offerings)
+
+    def unavailable_markets(self, now: datetime) -> frozenset[str]:
+        # A real cloud tells only by refusing a launch; the loop learns that from the store.
+        return frozenset()
 
     def launch(self, request: LaunchRequest) -> None:
         now = self._advance()

@@ -2,9 +2,9 @@
 
 What it does, in the terms of `providers.base.Provider`:
 
-- `offerings()` reads SkyPilot's own catalog in-process (`sky.catalog`), for the
+- `offerings_snapshot()` reads SkyPilot's own catalog in-process (`sky.catalog`), for the
   configured clouds, regions and GPU types, on-demand and spot, per region and
-  zone, and keeps the list with the time it was read (`offerings_snapshot()`);
+  zone, and keeps the list with the time it was read;
   it is re-read when older than `catalog_refresh_s`. Slurm clusters (SkyPilot's
   `slurm` cloud) are offered per partition; partitions named in
   `preemptible_partitions` are offered as market "spot" because a Slurm job
@@ -23,8 +23,10 @@ What it does, in the terms of `providers.base.Provider`:
   SkyServe's SpotHedge does per zone. RUNNING means the health endpoint answered.
 - `terminate()` submits `sky.down` (idempotent; a cluster that does not exist is
   already terminated). Draining is the reconciler's job before it calls this.
-- `orphans(known)` finds clusters under our prefix that the store does not know
-  and adopts or tears them down (config `orphans`).
+- Clusters under our prefix that the store does not know are listed like any
+  other; the loop's sync finds them and applies `orphans` (adopt or terminate).
+- Names: the daemon's instance names in and out; the SkyPilot cluster is
+  `<cluster_prefix>-<name>` (the prefix is applied here and only here).
 
 `sky` is imported lazily: the CLI must start fast, and SkyPilot reads its
 catalog location from HOME at import time (tests point HOME at a temporary one).
@@ -32,7 +34,6 @@ catalog location from HOME at import time (tests point HOME at a temporary one).
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -43,7 +44,6 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -55,6 +55,7 @@ from providers.base import (
     InstanceStatus,
     LaunchError,
     LaunchRequest,
+    OfferingsSnapshot,
     ProviderInstance,
 )
 
@@ -87,16 +88,6 @@ def _utcnow() -> datetime:
 # ---------------------------------------------------------------------------
 # Offerings
 # ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class OfferingsSnapshot:
-    """Offerings as read at `read_at`: decisions keep the prices they used."""
-
-    read_at: datetime
-    offerings: tuple[Offering, ...]
-    seconds: float = 0.0  # how long the catalog read took
-    errors: tuple[str, ...] = ()  # clouds that could not be read (e.g. Slurm cluster unreachable)
 
 
 def _gpu_regex(gpus: Iterable[str]) -> str | None:
@@ -579,16 +570,6 @@ class _Tracked:
     loss: dict | None = None  # zone, lifetime, price and reason of a preemption/loss
 
 
-@dataclass(frozen=True)
-class OrphanAction:
-    name: str  # instance name (cluster name without the prefix)
-    cluster: str
-    action: str  # "adopted" | "terminated"
-    offering_key: str | None
-    status: str | None  # SkyPilot cluster status when found
-    detail: str = ""
-
-
 class SkyPilotProvider:
     """`Provider` on SkyPilot. Not thread-safe across ticks: one tick at a time calls it."""
 
@@ -672,9 +653,9 @@ class SkyPilotProvider:
             self._cooldown[offering_key] = (until, reason)
         log.info("market_cooldown", offering=offering_key, until=until.isoformat(), reason=reason)
 
-    def unavailable_markets(self, now: datetime | None = None) -> set[str]:
+    def unavailable_markets(self, now: datetime | None = None) -> frozenset[str]:
         now = now or self._clock()
-        return {k for k, (until, _) in self._cooldown.items() if until > now}
+        return frozenset(k for k, (until, _) in self._cooldown.items() if until > now)
 
     # -- launch --------------------------------------------------------------
 
@@ -776,7 +757,6 @@ class SkyPilotProvider:
                     self._adopt(name, rec, now)
             self._apply_records(records, now)
             self._probe_health(now)
-            self._write_endpoints(now)
             out = [self._instance(t) for t in self._tracked.values() if t.offering.cloud != "?"
                    or t.status is InstanceStatus.TERMINATED]
             self._forget_old(now)
@@ -973,6 +953,7 @@ class SkyPilotProvider:
             failure=t.failure,
             detail=t.detail,
             since=t.since,
+            healthy=t.status is InstanceStatus.RUNNING and t.healthy,
         )
 
     def _forget_old(self, now: datetime) -> None:
@@ -991,58 +972,6 @@ class SkyPilotProvider:
                 if service is None or t.service == service:
                     out.setdefault(t.offering.pool, []).append(t.endpoint)
         return out
-
-    def endpoints_document(self, now: datetime | None = None) -> dict:
-        services: dict[str, dict[str, list[dict]]] = {}
-        for t in sorted(self._tracked.values(), key=lambda t: t.name):
-            if t.status is InstanceStatus.RUNNING and t.healthy and t.endpoint and t.down_rid is None:
-                services.setdefault(t.service, {}).setdefault(t.offering.pool, []).append(
-                    {"name": self.instance_name(t.name), "cluster": t.name, "endpoint": t.endpoint,
-                     "offering": t.offering.key}
-                )
-        return {"updated_at": (now or self._clock()).isoformat(), "provider": self.name, "services": services}
-
-    def _write_endpoints(self, now: datetime) -> None:
-        if not self.cfg.endpoints_file:
-            return
-        path = Path(self.cfg.endpoints_file)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.endpoints_document(now), indent=2, sort_keys=True))
-        os.replace(tmp, path)  # readers never see half a file
-
-    # -- orphans -------------------------------------------------------------
-
-    def orphans(self, known_names: Iterable[str]) -> list[OrphanAction]:
-        """Clusters under our prefix that the store does not know: adopt or tear down (config).
-
-        Uses the clusters seen by the last `list()` (calls `sky.status` if none yet).
-        Adopted clusters stay in `list()` so the reconciler can record them.
-        """
-        known = {self.cluster_name(n) for n in known_names}
-        if self._last_sync_at is None:
-            self._last_records = {r["name"]: r for r in self._client.status() if r.get("name") and self._ours(r["name"])}
-            self._last_sync_at = self._clock()
-        actions = []
-        for name, rec in sorted(self._last_records.items()):
-            if name in known:
-                continue
-            t = self._tracked.get(name)
-            if t is not None and t.down_rid is not None:
-                continue  # already being torn down
-            offering = self._offering_of_handle(rec.get("handle"))
-            key = offering.key if offering else None
-            if self.cfg.orphans == "terminate":
-                self.terminate(self.instance_name(name))
-                actions.append(OrphanAction(self.instance_name(name), name, "terminated", key, rec.get("status"),
-                                            "unknown to the store"))
-            else:
-                if t is None:
-                    self._adopt(name, rec, self._clock())
-                actions.append(OrphanAction(self.instance_name(name), name, "adopted", key, rec.get("status"),
-                                            "unknown to the store"))
-            log.info("orphan", cluster=name, action=actions[-1].action, offering=key)
-        return actions
 
     # -- introspection for the reconciler / tests ---------------------------
 

@@ -35,7 +35,7 @@ def test_wrong_type():
 
 
 def test_trace_source_needs_path():
-    assert "path is required" in _err({"services": [{"name": "a", "demand": {"source": "trace"}}]})
+    assert "path is required" in _err({"services": [{"name": "a", "demand": {"kind": "trace"}}]})
 
 
 def test_capacity_shape_must_match_grid():

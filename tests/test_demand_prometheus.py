@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from daemon.domain import BucketGrid
-from forecast.sources import SourceError
-from forecast.sources.prometheus import PrometheusQueries, PrometheusSource, bucket_shares
+from daemon.demand.errors import DemandInputError as SourceError
+from daemon.demand.prometheus import PrometheusClient, PrometheusQueries, bucket_shares
 
 GRID = BucketGrid((0, 256, 1024, 4096, 16384), (0, 64, 256, 1024, 4096))
 # vLLM's 1-2-5 bucket edges (vllm/engine/metrics.py build_1_2_5_buckets)
@@ -177,7 +177,7 @@ def test_windows_from_real_prometheus(vllm_and_prometheus):
     fake.up = True
     _wait_for_samples(base, 14)
     end = time.time()
-    src = PrometheusSource(base, selector='model_name="llama"')
+    src = PrometheusClient(base, selector='model_name="llama"')
     w = 3.0
     wins = src.windows("chat", t_start - 30, end, w, GRID)
     assert wins, "no windows"
@@ -205,29 +205,40 @@ def test_windows_from_real_prometheus(vllm_and_prometheus):
 
 def test_bad_promql_is_a_clear_error(vllm_and_prometheus):
     _, base = vllm_and_prometheus
-    src = PrometheusSource(base, queries=PrometheusQueries(requests="sum(increase(vllm:request_success_total[{w}]"))
+    src = PrometheusClient(base, queries=PrometheusQueries(requests="sum(increase(vllm:request_success_total[{w}]"))
     with pytest.raises(SourceError, match="query .* failed: HTTP 400"):
         src.windows("chat", time.time() - 60, time.time(), 5.0, GRID)
 
 
 def test_unreachable_prometheus_is_a_clear_error():
-    src = PrometheusSource(f"http://127.0.0.1:{_free_port()}", timeout_s=1)
+    src = PrometheusClient(f"http://127.0.0.1:{_free_port()}", timeout_s=1)
     with pytest.raises(SourceError, match="failed"):
         src.windows("chat", 0, 120, 60, GRID)
 
 
-def test_feed_from_config_polls_finished_windows(vllm_and_prometheus):
-    from daemon.config import DemandFeedConfig
-    from forecast.sources.feed import open_feed
+def test_feed_from_config_polls_finished_windows_and_moves_only_on_commit(vllm_and_prometheus):
+    from datetime import datetime, timezone
+
+    from daemon.config import parse_config
+    from daemon.wiring import build_source
 
     _, base = vllm_and_prometheus
     _wait_for_samples(base, 6)
-    cfg = DemandFeedConfig(kind="prometheus", prometheus={"url": base, "selector": 'model_name="llama"'})
-    feed = open_feed(cfg, "chat", GRID, 2.0)
-    now = time.time()
+    cfg = parse_config({"loop": {"window_s": 2.0}, "services": [{"name": "chat", "demand": {
+        "kind": "prometheus", "prometheus": {"url": base, "selector": 'model_name="llama"', "lateness_s": 1.0}}}]})
+    feed = build_source(cfg, cfg.services[0], datetime.now(timezone.utc))
+    now = datetime.now(timezone.utc)
     first = feed.poll(now)
-    assert first and all(w.start.timestamp() + 2.0 <= now for w in first)
-    assert feed.poll(now) == []  # nothing new finished
+    assert first.windows and all(w.start.timestamp() + 2.0 <= now.timestamp() - 1.0 for w in first.windows)
+    # Not committed (the tick's transaction failed): the same windows again.
+    assert [w.start for w in feed.poll(now).windows] == [w.start for w in first.windows]
+    feed.commit(first)
+    assert feed.poll(now).windows == ()  # nothing new finished
     time.sleep(4.5)
-    later = feed.poll(time.time())
-    assert later and later[0].start.timestamp() >= first[-1].start.timestamp() + 2.0
+    later = feed.poll(datetime.now(timezone.utc))
+    assert later.windows and later.windows[0].start.timestamp() >= first.windows[-1].start.timestamp() + 2.0
+    # A restarted daemon resumes from the stored cursor: no window read twice.
+    again = build_source(cfg, cfg.services[0], datetime.now(timezone.utc))
+    again.resume(first.cursor)
+    assert [w.start for w in again.poll(datetime.now(timezone.utc)).windows][:1] == \
+        [later.windows[0].start]

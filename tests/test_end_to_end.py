@@ -91,7 +91,7 @@ drain_s = 0.5
 [[services]]
 name = "chat"
 [services.demand]
-source = "trace"
+kind = "trace"
 path = "{need(AZURE_CONV)}"
 speedup = 120
 """)

@@ -98,11 +98,10 @@ def test_show_from_series_renders_table_and_plot(tmp_path, monkeypatch):
     assert "missing" not in res.stdout.splitlines()[3]
     assert "horizon s" in res.stdout and "plot written" in res.stdout
     assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
-    import daemon.cli.forecast_cmd as fc_cmd
-
-    monkeypatch.setattr(fc_cmd, "STORE_LOADER", None)  # fleetctl wires it; the bare app has none
+    # --service reads the store (FLEET_DB): a missing database is one clear line.
+    monkeypatch.setenv("FLEET_DB", f"sqlite:///{tmp_path / 'none.db'}")
     res = runner.invoke(app, ["show", "--service", "chat"])
-    assert res.exit_code == 2 and "needs the store" in res.output
+    assert res.exit_code == 2 and "no database at" in res.output
 
 
 def test_render_forecast_is_usable_without_a_plot():

@@ -10,7 +10,8 @@ import pytest
 
 from daemon.domain import BucketGrid, DemandWindow
 from forecast.mix import MixConfig, estimate_mix, is_unknown, mix_tv
-from forecast.sources.request_log import RequestRow, read_request_log, windows_from_rows
+from daemon.demand.request_log import RequestRow, scan
+from daemon.demand.windows import windows_from_rows
 
 AZURE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces" / "azure_llm_2023"
 GRID = BucketGrid((0, 256, 1024, 4096, 16384), (0, 64, 256, 1024, 4096))
@@ -58,7 +59,7 @@ def _azure_windows(name: str, shift_s: float) -> list[DemandWindow]:
     path = AZURE / f"AzureLLMInferenceTrace_{name}.csv.xz"
     if not path.exists():
         pytest.skip(f"shared data missing: {path}")
-    rows, _ = read_request_log(path, "azure")
+    rows = scan(path, "azure").rows
     moved = [RequestRow(r.timestamp + shift_s, r.input_tokens, r.output_tokens, r.line) for r in rows]
     return windows_from_rows(moved, GRID, 60.0, "chat")
 

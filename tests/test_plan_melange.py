@@ -133,10 +133,9 @@ def _store_inputs(cfg, db):
 
 
 def test_cli_dry_run_from_the_store(monkeypatch, tmp_path):
-    """Without a registered loader, `fleetctl plan` builds its inputs from the store."""
+    """`fleetctl plan` builds its inputs from the store, as the next tick would."""
     from daemon.cli.fleetctl import app as fleetctl_app
 
-    monkeypatch.setattr(plan_cmd, "_inputs_loader", None)
     res = runner.invoke(fleetctl_app, ["plan", "--db", f"sqlite:///{tmp_path / 'none.db'}"])
     assert res.exit_code == 2 and "no database" in res.output
     from tests.conftest import AZURE_CONV, need
@@ -150,10 +149,11 @@ def test_cli_dry_run_from_the_store(monkeypatch, tmp_path):
     assert diff["cost_per_hour_current"] > 0 and "rows" in diff
 
 
-def test_cli_dry_run_diff(monkeypatch):
-    monkeypatch.setattr(plan_cmd, "_inputs_loader", None)
-    plan_cmd.set_inputs_loader(_store_inputs)
-    res = runner.invoke(plan_cmd.app, ["--json"])
+def test_cli_dry_run_diff(monkeypatch, store, db_url):
+    import daemon.loop.tick as tick
+
+    monkeypatch.setattr(tick, "plan_inputs_now", lambda loop, now: _store_inputs(loop.cfg, None))
+    res = runner.invoke(plan_cmd.app, ["--json", "--db", db_url])
     assert res.exit_code == 0, res.output
     diff = json.loads(res.stdout)
     assert diff["status"] == "optimal" and diff["cost_per_hour_current"] == pytest.approx(5.0)
@@ -162,5 +162,5 @@ def test_cli_dry_run_diff(monkeypatch):
     assert sum(r["target"] for r in rows.values()) == 2
     assert diff["cost_per_hour_delta"] == pytest.approx(diff["cost_per_hour_planned"] - 5.0)
     assert diff["terminations"] <= 4
-    res = runner.invoke(plan_cmd.app, [])
+    res = runner.invoke(plan_cmd.app, ["--db", db_url])
     assert res.exit_code == 0 and "cost/h: now 5.00 -> plan" in res.stdout and "aws/r1/z1/g5/on-demand" in res.stdout

@@ -129,7 +129,7 @@ def world(sky_env, tmp_path):
         return health["ok"]
 
     cfg = SkyPilotProviderConfig(cluster_prefix="fleet", market_cooldown_s=600, serve_port=8000,
-                                 health_path="/health", endpoints_file=str(tmp_path / "ep.json"))
+                                 health_path="/health")
     p = SkyPilotProvider(cfg, clock=clock, client=server, health_check=check)
     return p, server, clock, health
 
@@ -164,13 +164,11 @@ def test_launch_pending_then_running_only_when_healthy(world):
     inst = _by_name(p)["a"]
     assert inst.status is InstanceStatus.RUNNING and inst.endpoint == "http://10.0.0.7:8000"
     assert inst.since == clock.now and inst.offering_key == SPOT.key
-    assert p.healthy_endpoints() == {"A10Gx1": ["http://10.0.0.7:8000"]}
-    doc = json.loads(Path(p.cfg.endpoints_file).read_text())
-    assert doc["services"]["chat"]["A10Gx1"] == [{"name": "a", "cluster": "fleet-a",
-                                                  "endpoint": "http://10.0.0.7:8000", "offering": SPOT.key}]
+    assert p.healthy_endpoints() == {"A10Gx1": ["http://10.0.0.7:8000"]} and inst.healthy
     # A running server that stops answering leaves routing but stays RUNNING.
     health["ok"] = False
-    assert _by_name(p)["a"].status is InstanceStatus.RUNNING
+    inst = _by_name(p)["a"]
+    assert inst.status is InstanceStatus.RUNNING and not inst.healthy
     assert p.healthy_endpoints() == {}
 
 
@@ -302,7 +300,7 @@ def test_failed_down_is_retried_by_the_next_terminate(world):
     assert server.downs == ["fleet-d", "fleet-d"]
 
 
-def test_restart_adopts_clusters_and_orphans_follow_config(world, sky_env):
+def test_restart_finds_our_clusters_and_only_ours(world, sky_env):
     p, server, clock, health = world
     p.launch(_req("k"))
     server.finish_launch("fleet-k", SPOT)
@@ -317,14 +315,10 @@ def test_restart_adopts_clusters_and_orphans_follow_config(world, sky_env):
     assert found["k"].status is InstanceStatus.RUNNING and found["k"].offering_key == SPOT.key
     assert found["z"].offering_key == ONDEMAND.key
     assert fresh.healthy_endpoints("chat") == {"A10Gx1": ["http://10.0.0.7:8000", "http://10.0.0.7:8000"]}
-    acts = fresh.orphans(known_names=["k"])
-    assert [(a.name, a.cluster, a.action) for a in acts] == [("z", "fleet-z", "adopted")]
+    # Listing is all the provider does: which of them are orphans is the loop's to decide.
     assert server.downs == []
-    killer = SkyPilotProvider(p.cfg, clock=clock, client=server, health_check=lambda u, t: True)
-    acts = killer.orphans(known_names=["k"])
-    assert [(a.name, a.action, a.offering_key) for a in acts] == [("z", "terminated", ONDEMAND.key)]
-    assert server.downs == ["fleet-z"]
-    killer.orphans(known_names=["k"])
+    fresh.terminate("z")
+    fresh.terminate("z")
     assert server.downs == ["fleet-z"]  # not twice
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from daemon.config import parse_config
 from daemon.demand.source import TraceReplay
-from daemon.demand.traces import RequestTrace
+from daemon.demand.request_log import RequestTrace
 from daemon.lifecycle import State
 from daemon.loop.tick import Loop, run_tick
 from daemon.store.repo import Store

@@ -7,8 +7,9 @@ import pytest
 
 from daemon.config import default_config
 from daemon.demand.demo import demo_trace
+from daemon.demand.errors import TraceError
+from daemon.demand.request_log import read_trace
 from daemon.demand.source import TraceReplay
-from daemon.demand.traces import TraceError, read_trace
 from daemon.demand.windows import aggregate
 from tests.conftest import AZURE_CODE, AZURE_CONV, need
 
@@ -37,7 +38,7 @@ def test_malformed_rows_are_reported_with_line_numbers(tmp_path):
     tr = read_trace(p)
     assert len(tr) == 2
     assert [m.split(": ")[0] for m in tr.bad_rows] == [f"{p}:3", f"{p}:4", f"{p}:5"]
-    with pytest.raises(TraceError, match=r"t.csv:3: bad timestamp"):
+    with pytest.raises(TraceError, match=r"t.csv:3: field 'TIMESTAMP': not a time"):
         read_trace(p, on_bad_row="reject")
 
 
@@ -50,13 +51,13 @@ def test_jsonl_and_gzip(tmp_path):
         f.write('{"timestamp": 5}\n')
     tr = read_trace(p)
     assert len(tr) == 5 and tr.t[-1] == pytest.approx(4.0)
-    assert "KeyError" in tr.bad_rows[0] and ":6:" in tr.bad_rows[0]
+    assert tr.bad_rows == [f"{p}:6: field 'input_length': missing"]
 
 
 def test_unknown_format_names_the_file(tmp_path):
     p = tmp_path / "x.csv"
     p.write_text("a,b,c\n1,2,3\n")
-    with pytest.raises(TraceError, match=r"x.csv:1: cannot tell the trace format"):
+    with pytest.raises(TraceError, match=r"x.csv:1: cannot tell the request-log format"):
         read_trace(p)
 
 
@@ -76,10 +77,17 @@ def test_replay_emits_each_window_once():
     tr = read_trace(need(AZURE_CONV))
     rep = TraceReplay("chat", tr, GRID, 60.0, tr.start)
     first = rep.poll(tr.start + timedelta(seconds=125))
-    assert len(first) == 2
-    assert rep.poll(tr.start + timedelta(seconds=125)) == []
+    assert len(first.windows) == 2
+    assert len(rep.poll(tr.start + timedelta(seconds=125)).windows) == 2  # not committed: polled again
+    rep.commit(first)
+    assert rep.poll(tr.start + timedelta(seconds=125)).windows == ()
     rest = rep.poll(rep.end + timedelta(hours=1))
-    assert sum(w.requests for w in first + rest) == len(tr)
+    assert sum(w.requests for w in first.windows + rest.windows) == len(tr)
+    # A restarted replay resumes the trace where its cursor says, with the same origin.
+    other = TraceReplay("chat", tr, GRID, 60.0, tr.start + timedelta(days=9))
+    other.resume(first.cursor)
+    assert other.origin == tr.start
+    assert [w.start for w in other.poll(rep.end).windows] == [w.start for w in rest.windows]
 
 
 def test_demo_workload_is_seeded_and_matches_its_sources():

@@ -23,37 +23,6 @@ app.add_typer(config_app, name="config")
 app.add_typer(db_app, name="db")
 
 
-def _forecast_history(service: str):
-    """(history windows, recorded forecasts) of a service, for `fleetctl forecast show --service`."""
-    from sqlalchemy import select
-
-    from daemon.config import load_config
-    from daemon.domain import DemandForecast
-    from daemon.store.repo import Store
-    from daemon.store.schema import Decision
-
-    cfg = load_config(os.environ.get("FLEET_CONFIG") or None)
-    store = _open_existing(os.environ.get("FLEET_DB", cfg.store.url))
-    grid = cfg.buckets.grid()
-    with store.session() as s:
-        last = s.scalar(select(Decision.at).order_by(Decision.id.desc()).limit(1))
-        if last is None:
-            _fail("no decision recorded yet: nothing to show")
-        from datetime import timedelta
-
-        history = Store.demand_history(s, service, grid, last - timedelta(seconds=cfg.loop.history_s))
-        forecasts = []
-        for at, fc in s.execute(select(Decision.at, Decision.forecast).order_by(Decision.id.desc()).limit(500)):
-            f = (fc or {}).get(service)
-            if f:
-                forecasts.append(DemandForecast(service, at, f["horizon_s"], f["rate_rps"],
-                                                tuple(tuple(r) for r in f.get("mix", [])), f["method"],
-                                                f.get("quantile", 0.5), f.get("details", {})))
-    if not history:
-        _fail(f"no demand recorded for service {service!r}")
-    return history, list(reversed(forecasts))
-
-
 def _register_subcommands() -> None:
     """Command groups that live in their own modules (each imports its heavy libraries lazily)."""
     from daemon.cli.profile_cmd import app as profile_app
@@ -62,7 +31,6 @@ def _register_subcommands() -> None:
     from daemon.cli.offerings_cmd import app as offerings_app
     from daemon.cli.plan_cmd import app as plan_app
 
-    forecast_cmd.STORE_LOADER = _forecast_history
     app.add_typer(forecast_cmd.app, name="forecast")
 
     app.add_typer(profile_app, name="profile")
@@ -75,42 +43,10 @@ _register_subcommands()
 DEFAULT_SIM_DB = "sqlite:///simulation.db"
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
-
-
-def _load_config(path: Optional[Path]):
-    from daemon.config import ConfigError, load_config
-
-    try:
-        return load_config(path)
-    except ConfigError as e:
-        _fail(str(e))
-
-
-def _db_url(db: Optional[str], config: Optional[Path]) -> str:
-    if db:
-        return db
-    if config is not None:
-        return _load_config(config).store.url
-    return os.environ.get("FLEET_DB", "sqlite:///fleet.db")
-
-
-def _open_existing(url: str):
-    """Open a database for reading; refuse clearly when it is missing or not migrated."""
-    from sqlalchemy.engine import make_url
-
-    from daemon.store.migrate import current_revision
-    from daemon.store.repo import Store
-
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" and not Path(u.database).exists():
-        _fail(f"no database at {u.database} (run `fleetctl simulate` or start fleetd first, or pass --db)")
-    store = Store.open(url)
-    if current_revision(store.engine) is None:
-        _fail(f"{url}: no fleet schema in this database (run `fleetctl db upgrade --db {url}`)")
-    return store
+from daemon.cli.common import db_url as _db_url  # noqa: E402
+from daemon.cli.common import fail as _fail  # noqa: E402
+from daemon.cli.common import load_config_or_fail as _load_config  # noqa: E402
+from daemon.cli.common import open_existing as _open_existing  # noqa: E402
 
 
 @config_app.command("check")
@@ -175,7 +111,7 @@ def simulate(
         for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             if p.exists():
                 p.unlink()
-    from daemon.demand.traces import TraceError
+    from daemon.demand.errors import TraceError
     from daemon.simulate import simulate as run_sim
     from daemon.simulate import workload_for
 

@@ -21,39 +21,6 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def build_sources(cfg, origin: datetime):
-    """A live demand source per service (request-log replay or the built-in workload)."""
-    from daemon.demand.demo import demo_trace
-    from daemon.demand.source import TraceReplay
-    from daemon.demand.traces import read_trace
-
-    grid = cfg.buckets.grid()
-    sources = {}
-    for svc in cfg.services:
-        if svc.feed is not None:  # live: a tailed request log or Prometheus
-            from forecast.sources.feed import open_feed
-
-            sources[svc.name] = open_feed(svc.feed, svc.name, grid, cfg.loop.window_s)
-            continue
-        d = svc.demand
-        if d.source == "trace":
-            trace = read_trace(d.path, fmt=d.format, on_bad_row=d.on_bad_row)
-        else:
-            trace = demo_trace(days=d.demo_days, mean_rps=d.demo_mean_rps, seed=d.demo_seed)
-        sources[svc.name] = TraceReplay(svc.name, trace, grid, cfg.loop.window_s, origin, speedup=d.speedup)
-    return sources
-
-
-def build_provider(cfg, clock):
-    if cfg.provider.kind == "simulated":
-        from providers.simulated import SimulatedProvider
-
-        return SimulatedProvider(cfg.provider.simulated, clock)
-    from providers.skypilot import SkyPilotProvider  # the real clouds; imported only when configured
-
-    return SkyPilotProvider.from_config(cfg, clock=clock)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fleetd", description="GPU fleet autoscaling daemon")
     ap.add_argument("--config", type=Path, help="TOML config (default: built-in defaults)")
@@ -71,40 +38,42 @@ def main(argv: list[str] | None = None) -> int:
 
     from daemon.config import ConfigError, load_config
     from daemon.store.migrate import SchemaError, ensure_current
-    from daemon.store.repo import Store
+    from daemon.wiring import open_store
 
     try:
         cfg = load_config(args.config)
     except ConfigError as e:
         print(f"fleetd: {e}", file=sys.stderr)
         return 2
-    store = Store.open(cfg.store.url)
+    store = open_store(cfg)
     try:
         ensure_current(store.engine, cfg.store.auto_upgrade)
     except SchemaError as e:
         print(f"fleetd: {e}", file=sys.stderr)
         return 3
+    from daemon.store.repo import Store
+
     with store.session() as s:
         n = Store.close_interrupted_decisions(s, _now())
     if n:
         log.warning("interrupted_decisions_closed", count=n)
 
-    from daemon.demand.traces import TraceError
-    from daemon.loop.tick import Loop, run_tick
+    from daemon.demand.errors import DemandInputError
+    from daemon.loop.tick import run_tick
+    from daemon.wiring import build_system
 
     try:
-        sources = build_sources(cfg, _now())
-    except TraceError as e:
+        system = build_system(cfg, clock=_now, store=store)
+    except DemandInputError as e:
         print(f"fleetd: {e}", file=sys.stderr)
         return 2
-    provider = build_provider(cfg, _now)
     # The first call to SkyPilot starts its API server (tens of seconds): do it before the
     # first tick, and fail here, clearly, rather than inside a tick.
     try:
-        provider.list()
+        system.provider.list()
     except Exception as e:
         log.error("provider_unavailable", provider=cfg.provider.kind, error=f"{type(e).__name__}: {e}")
-    loop = Loop(cfg=cfg, store=store, provider=provider, sources=sources, clock=_now)
+    loop = system.loop()
     log.info("started", services=[s.name for s in cfg.services], provider=cfg.provider.kind, store=cfg.store.url,
              tick_interval_s=cfg.loop.tick_interval_s, dry_run=cfg.policy.dry_run, paused=cfg.policy.paused)
     if args.once:

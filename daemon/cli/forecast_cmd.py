@@ -47,10 +47,9 @@ def load_series(path: Path, fmt: str, select: Optional[str], window_s: float = 6
     if fmt == "requests":
         import numpy as np
 
-        from forecast.sources.request_log import read_request_log
+        from daemon.demand.request_log import scan
 
-        rows, _ = read_request_log(path, "auto", complete=True)
-        ts = np.array([r.timestamp for r in rows])
+        ts = np.array([r.timestamp for r in scan(path, "auto", complete=True).rows])
         if len(ts) == 0:
             raise typer.BadParameter(f"{path}: no request rows")
         k = np.floor(ts / window_s).astype(np.int64)
@@ -197,8 +196,20 @@ def _plot(history, forecasts, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-# The lead's fleetctl sets this to read (history windows, recent forecasts) of a service from the store.
-STORE_LOADER = None  # Callable[[str], tuple[list[DemandWindow], list[DemandForecast]]]
+def _store_history(service: str):
+    """(history windows, recorded forecasts) of a service from the store (FLEET_CONFIG, FLEET_DB)."""
+    import os
+
+    from daemon.cli.common import fail, load_config_or_fail, open_existing
+    from daemon.status import forecast_history
+
+    cfg = load_config_or_fail(Path(os.environ["FLEET_CONFIG"]) if os.environ.get("FLEET_CONFIG") else None)
+    store = open_existing(os.environ.get("FLEET_DB", cfg.store.url))
+    with store.session() as s:
+        try:
+            return forecast_history(s, cfg, service)
+        except LookupError as e:
+            fail(str(e))
 
 
 def windows_from_series(series, service: str):
@@ -231,10 +242,7 @@ def show_cmd(
 
     h = parse_duration(horizon, "--horizon")
     if service is not None:
-        if STORE_LOADER is None:
-            typer.echo("error: --service needs the store (fleetctl wires it); use --series FILE here", err=True)
-            raise typer.Exit(2)
-        history, forecasts = STORE_LOADER(service)
+        history, forecasts = _store_history(service)
         typer.echo(render_forecast(history, forecasts, plot, title=f"service {service}"))
         return
     if series is None:

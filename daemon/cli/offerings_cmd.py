@@ -58,30 +58,25 @@ def _load(config: Optional[str]):
 
 def _read(kind: ProviderKind, cfg, gpu: Optional[str], cloud: Optional[str]):
     """(offerings, read_at, notes) from the chosen provider."""
+    from daemon.wiring import build_provider
+
     notes: list[str] = []
     if kind is ProviderKind.simulated:
-        try:
-            from providers.simulated import SimulatedProvider
-        except ImportError as e:
-            typer.echo(f"error: the simulated provider is not available in this build ({e})", err=True)
-            raise typer.Exit(1) from None
-        now = _clock()
-        try:
-            return list(SimulatedProvider(cfg.provider.simulated, _clock).offerings()), now, notes
-        except Exception as e:  # noqa: BLE001 - e.g. a bad offerings file: say so, no traceback
-            typer.echo(f"error: simulated provider: {type(e).__name__}: {e}", err=True)
-            raise typer.Exit(1) from None
-    from providers.skypilot import SkyPilotProvider
-
-    sp = cfg.provider.skypilot
-    update = {}
-    if cloud:
-        update["clouds"] = [cloud.lower()]  # read only that cloud's catalog: much faster
-    if gpu:
-        update["gpus"] = [gpu]
-    provider = SkyPilotProvider.from_config(cfg.model_copy(update={"provider": cfg.provider.model_copy(
-        update={"skypilot": sp.model_copy(update=update)})}), clock=_clock)
-    snap = provider.refresh_offerings()
+        cfg = cfg.model_copy(update={"provider": cfg.provider.model_copy(update={"kind": "simulated"})})
+    else:
+        sp = cfg.provider.skypilot
+        update = {}
+        if cloud:
+            update["clouds"] = [cloud.lower()]  # read only that cloud's catalog: much faster
+        if gpu:
+            update["gpus"] = [gpu]
+        cfg = cfg.model_copy(update={"provider": cfg.provider.model_copy(
+            update={"kind": "skypilot", "skypilot": sp.model_copy(update=update)})})
+    try:
+        snap = build_provider(cfg, _clock).offerings_snapshot()
+    except Exception as e:  # noqa: BLE001 - e.g. a bad offerings file: say so, no traceback
+        typer.echo(f"error: {kind.value} provider: {type(e).__name__}: {e}", err=True)
+        raise typer.Exit(1) from None
     notes += [f"could not read {e}" for e in snap.errors]
     return list(snap.offerings), snap.read_at, notes
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import typer
+
+from daemon.cli.common import fail as _fail
+from daemon.cli.common import open_existing
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -27,15 +29,6 @@ if TYPE_CHECKING:
     from daemon.plan.inputs import PlanInputs
 
 app = typer.Typer(help="Compute a plan now without acting (dry run); or solve a Mélange input file.")
-
-_inputs_loader: Callable[["Config", Optional[str]], "PlanInputs"] | None = None
-
-
-def set_inputs_loader(fn: Callable[["Config", Optional[str]], "PlanInputs"]) -> None:
-    """Register how `fleetctl plan` builds PlanInputs from (config, db URL); the loop provides it."""
-    global _inputs_loader
-    _inputs_loader = fn
-
 
 def plan_diff(inputs: "PlanInputs", plan: "Plan") -> dict:
     """The plan against the current fleet: rows per (service, offering), costs and the delta."""
@@ -119,16 +112,11 @@ def render_diff(diff: dict) -> str:
 
 
 def dry_run(inputs: "PlanInputs", solver_cfg=None) -> tuple["Plan", dict]:
-    """Plan from already-built inputs and diff it against their fleet; never acts."""
-    from daemon.plan.ilp import plan_ilp
+    """Plan from already-built inputs with the daemon's planner and diff it against their fleet; never acts."""
+    from daemon.plan import plan as make_plan
 
-    plan = plan_ilp(inputs, solver_cfg)
+    plan = make_plan(inputs, solver_cfg)
     return plan, plan_diff(inputs, plan)
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    typer.echo(f"error: {msg}", err=True)
-    raise typer.Exit(code)
 
 
 @app.callback(invoke_without_command=True)
@@ -144,8 +132,8 @@ def plan(
 ) -> None:
     from daemon.config import ConfigError, SolverConfig, load_config
 
-    if solver not in (None, "cbc", "highs"):
-        _fail(f"--solver must be cbc or highs, got {solver!r}")
+    if solver not in (None, "cbc", "highs", "greedy"):
+        _fail(f"--solver must be cbc, highs or greedy, got {solver!r}")
     if melange is not None:
         from daemon.plan.melange import MelangeInputError, load_melange, solve_with_planner
 
@@ -167,13 +155,13 @@ def plan(
         cfg_all = load_config(config)
     except ConfigError as e:
         _fail(str(e))
-    loader = _inputs_loader
-    if loader is None:
-        from daemon.cli.fleetctl import _open_existing
-        from daemon.loop.tick import inputs_from_store as loader
+    from daemon.loop.tick import plan_inputs_now
+    from daemon.wiring import build_system, wall_clock
 
-        _open_existing(db or cfg_all.store.url)  # a clear error for a missing or unmigrated store
-    inputs = loader(cfg_all, db)
+    store = open_existing(db or cfg_all.store.url)  # a clear error for a missing or unmigrated store
+    # The provider is asked for offerings only; demand comes from the store, so no source is built.
+    system = build_system(cfg_all, store=store, sources={})
+    inputs = plan_inputs_now(system.loop(), wall_clock())
     solver_cfg = cfg_all.solver if solver is None else cfg_all.solver.model_copy(update={"backend": solver})
     _, diff = dry_run(inputs, solver_cfg)
     if as_json:

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from daemon.demand.traces import RequestTrace
+from daemon.demand.request_log import RequestTrace
 
 DEMO_START = datetime(2026, 1, 5, 0, 0, tzinfo=timezone.utc)  # a Monday
 _Z90 = 1.2815515655446004  # standard normal 90th percentile

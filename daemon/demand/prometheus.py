@@ -1,4 +1,4 @@
-"""Demand windows from Prometheus (HTTP query API), with vLLM's metrics by default.
+"""The `prometheus` demand source: windows from Prometheus (HTTP query API), vLLM's metrics by default.
 
 vLLM exports (vllm/engine/metrics.py): `vllm:request_success_total` (counter,
 label finished_reason), and the histograms `vllm:request_prompt_tokens` and
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daemon.demand.errors import DemandInputError as SourceError
+from daemon.demand.source import DemandPoll, epoch, from_epoch
 from daemon.domain import BucketGrid, DemandWindow
-from forecast.series import from_epoch
-from forecast.sources import SourceError
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ class PrometheusQueries:
         return template.replace("{sel}", sel).replace("{w}", f"{int(round(window_s))}s")
 
 
-class PrometheusSource:
+class PrometheusClient:
+    """The query half: HTTP to Prometheus, PromQL templates in, DemandWindows out."""
+
     def __init__(self, base_url: str, selector: str = "", queries: PrometheusQueries | None = None,
                  timeout_s: float = 10.0):
         self.base_url = base_url.rstrip("/")
@@ -167,3 +169,43 @@ def bucket_shares(cumulative: list[tuple[float, float]], edges: tuple[int, ...])
     c = [0.0] + upper + [total]
     shares = np.diff(np.array(c)) / total
     return np.clip(shares, 0.0, None) / max(1e-12, np.clip(shares, 0.0, None).sum())
+
+
+class PrometheusFeed:
+    """Finished windows since the last committed one; windows Prometheus has no sample for stay absent.
+
+    The cursor is the end of the last window read. A window [t - w, t) is read
+    once `now` is past t + `lateness_s`, so the scrapes that fall inside it are
+    in Prometheus (a scrape interval or two). After a long stop the feed
+    resumes from its cursor, reading back at most `max_backfill_s`.
+    """
+
+    kind = "prometheus"
+
+    def __init__(self, service: str, client: PrometheusClient, grid: BucketGrid, window_s: float,
+                 lateness_s: float = 30.0, backfill_s: float = 3600.0, max_backfill_s: float = 4 * 86400.0):
+        self.service, self.client, self.grid, self.window_s = service, client, grid, window_s
+        self.lateness_s, self.backfill_s, self.max_backfill_s = lateness_s, backfill_s, max_backfill_s
+        self._last_end: float | None = None
+
+    def resume(self, cursor: dict | None) -> None:
+        if cursor and cursor.get("url") == self.client.base_url and cursor.get("last_end") is not None:
+            self._last_end = float(cursor["last_end"])
+
+    def commit(self, poll: DemandPoll) -> None:
+        self._last_end = poll.cursor["last_end"]
+
+    def poll(self, now) -> DemandPoll:
+        now_s = epoch(now)
+        end = math.floor((now_s - self.lateness_s) / self.window_s) * self.window_s
+        start = self._last_end if self._last_end is not None else end - self.backfill_s
+        problems = []
+        if end - start > self.max_backfill_s:
+            problems.append(f"{self.client.base_url}: {end - start:.0f} s since the last window read; reading "
+                            f"back only {self.max_backfill_s:.0f} s")
+            start = end - self.max_backfill_s
+        cursor = {"url": self.client.base_url, "last_end": max(end, start)}
+        if end <= start:
+            return DemandPoll(self.service, (), cursor)
+        wins = self.client.windows(self.service, start, end, self.window_s, self.grid)
+        return DemandPoll(self.service, tuple(wins), cursor, tuple(problems))

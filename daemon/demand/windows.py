@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import math
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
@@ -53,3 +54,38 @@ def aggregate(
             input_tokens=float(in_sum[w]), output_tokens=float(out_sum[w]),
         ))
     return out
+
+
+def windows_from_rows(rows, grid: BucketGrid, window_s: float, service: str, first_k: int | None = None,
+                      last_k: int | None = None) -> list[DemandWindow]:
+    """Windows k (start k * window_s since the epoch) of the given request rows, by size bucket.
+
+    Windows from `first_k` (default: the first row's) up to `last_k` exclusive
+    (default: past the last row's) are all returned, empty ones included: a
+    request log observes continuously, so a minute with no request in it is a
+    real 0. Rows outside the range are ignored.
+    """
+    ks = [math.floor(r.timestamp / window_s) for r in rows]
+    if first_k is None:
+        if not ks:
+            return []
+        first_k = min(ks)
+    if last_k is None:
+        if not ks:
+            return []
+        last_k = max(ks) + 1
+    if last_k <= first_k:
+        return []
+    n = last_k - first_k
+    counts = np.zeros((n, grid.n_input, grid.n_output))
+    tin = np.zeros(n)
+    tout = np.zeros(n)
+    for r, k in zip(rows, ks):
+        if first_k <= k < last_k:
+            i, j = grid.locate(r.input_tokens, r.output_tokens)
+            counts[k - first_k, i, j] += 1
+            tin[k - first_k] += r.input_tokens
+            tout[k - first_k] += r.output_tokens
+    return [DemandWindow(service, datetime.fromtimestamp((first_k + w) * window_s, tz=timezone.utc), window_s,
+                         tuple(tuple(float(c) for c in row) for row in counts[w]), float(tin[w]), float(tout[w]))
+            for w in range(n)]

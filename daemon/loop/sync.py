@@ -29,12 +29,13 @@ _FAIL_REASON = {FailureKind.NO_CAPACITY: Reason.NO_CAPACITY, FailureKind.QUOTA: 
 @dataclass
 class SyncResult:
     transitions: Counter = field(default_factory=Counter)
-    orphans: list[str] = field(default_factory=list)
+    orphans: list[ProviderInstance] = field(default_factory=list)  # ours by name, unknown to the store
     lost: list[str] = field(default_factory=list)  # names that became preempted/failed: may still hold a cluster
     alerts: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
-        return {"transitions": {f"{a}->{b}": n for (a, b), n in self.transitions.items()}, "orphans": self.orphans}
+        return {"transitions": {f"{a}->{b}": n for (a, b), n in self.transitions.items()},
+                "orphans": [p.name for p in self.orphans]}
 
 
 def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime) -> SyncResult:
@@ -42,11 +43,20 @@ def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime
     by_name = {p.name: p for p in listed}
     known = set()
 
+    def _confirm_gone(row, at: datetime | None) -> None:
+        # A launch that timed out ends failed (it never served); any other termination, terminated.
+        if row.last_reason == str(Reason.LAUNCH_TIMEOUT):
+            move(row, State.FAILED, Reason.LAUNCH_TIMEOUT, at, "terminated after its launch timed out")
+        else:
+            move(row, State.TERMINATED, Reason.TERMINATE_CONFIRMED, at)
+
     def move(row, to: State, reason: Reason, at: datetime | None, detail: str | None = None) -> None:
         src = row.state
         when = min(at or now, now)
         if row.launched_at and when < row.launched_at:
             when = row.launched_at
+        if row.state_since and when < row.state_since:  # an instance's history runs forward
+            when = row.state_since
         Store.transition(s, row, to, reason, when, detail)
         res.transitions[(src, str(to))] += 1
         if to in (State.PREEMPTED, State.FAILED):
@@ -61,7 +71,7 @@ def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime
             if st is State.REQUESTED:
                 continue  # never reached the provider; apply launches it
             if st is State.TERMINATING:
-                move(row, State.TERMINATED, Reason.TERMINATE_CONFIRMED, now)
+                _confirm_gone(row, now)
                 continue
             if st is State.PROVISIONING and row.launched_at and now - row.launched_at < timedelta(seconds=LIST_GRACE_S):
                 continue
@@ -88,7 +98,7 @@ def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime
             move(row, State.FAILED, reason, p.since, p.detail or None)
         elif p.status is InstanceStatus.TERMINATED:
             if st is State.TERMINATING:
-                move(row, State.TERMINATED, Reason.TERMINATE_CONFIRMED, p.since)
+                _confirm_gone(row, p.since)
             elif st is State.REQUESTED:
                 continue  # an earlier incarnation of the name; apply launches it again
             else:
@@ -96,9 +106,7 @@ def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime
                 res.alerts.append(f"{row.name}: terminated outside the daemon")
     for p in listed:
         if p.name not in known and p.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
-            # Ours by prefix but unknown to the store (e.g. a store restored from backup).
-            # Recorded; the provider-specific adopt/terminate policy acts on it.
-            res.orphans.append(p.name)
-    if res.orphans:
-        res.alerts.append(f"{len(res.orphans)} instance(s) unknown to the store: {', '.join(sorted(res.orphans)[:5])}")
+            # Ours by name but unknown to the store (e.g. a store restored from backup):
+            # the tick's clean-up adopts or terminates it, and alerts once.
+            res.orphans.append(p)
     return res

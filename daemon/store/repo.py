@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from daemon.domain import BucketGrid, DemandWindow, FleetInstance, Market, Offering
 from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State, check_transition
-from daemon.store.schema import Alert, Decision, DemandWindowRow, Instance, InstanceEvent
+from daemon.store.schema import Alert, Decision, DemandCursor, DemandWindowRow, Instance, InstanceEvent
 
 
 def make_engine(url: str, durable: bool = True) -> Engine:
@@ -53,6 +53,7 @@ def fleet_instance(row: Instance) -> FleetInstance:
     return FleetInstance(
         id=row.id, name=row.name, service=row.service, offering=offering_of(row), state=row.state,
         launched_at=row.launched_at, ready_at=row.ready_at, drain_until=row.drain_until,
+        state_since=row.state_since, last_reason=row.last_reason,
     )
 
 
@@ -97,6 +98,19 @@ class Store:
                 ))
 
     @staticmethod
+    def save_cursor(s: Session, service: str, kind: str, cursor: dict, at: datetime) -> None:
+        """A demand source's position, in the transaction that stores its windows."""
+        row = s.get(DemandCursor, service)
+        if row is None:
+            s.add(DemandCursor(service=service, kind=kind, cursor=cursor, updated_at=at))
+        else:
+            row.kind, row.cursor, row.updated_at = kind, cursor, at
+
+    @staticmethod
+    def cursors(s: Session) -> dict[str, tuple[str, dict]]:
+        return {r.service: (r.kind, dict(r.cursor)) for r in s.scalars(select(DemandCursor))}
+
+    @staticmethod
     def demand_history(s: Session, service: str, grid: BucketGrid, since: datetime,
                        until: datetime | None = None) -> list[DemandWindow]:
         t = DemandWindowRow
@@ -137,7 +151,7 @@ class Store:
             region=offering.region, zone=offering.zone, instance_type=offering.instance_type, gpu=offering.gpu,
             gpu_count=offering.gpu_count, market=str(offering.market), offering_key=offering.key,
             price_per_hour=offering.price_per_hour, state=str(State.REQUESTED), decision_id=decision_id,
-            requested_at=at, last_reason=str(reason),
+            requested_at=at, last_reason=str(reason), state_since=at,
         )
         s.add(row)
         s.add(InstanceEvent(instance_id=instance_id, at=at, from_state=None, to_state=str(State.REQUESTED),
@@ -151,6 +165,7 @@ class Store:
         check_transition(src, to)
         row.state = str(to)
         row.last_reason = str(reason)
+        row.state_since = at
         if to is State.PROVISIONING and row.launched_at is None:
             row.launched_at = at
         if to is State.RUNNING:
@@ -196,8 +211,19 @@ class Store:
 
     @staticmethod
     def alert(s: Session, at: datetime, severity: str, kind: str, message: str, service: str | None = None,
-              decision_id: int | None = None) -> None:
-        s.add(Alert(at=at, severity=severity, kind=kind, message=message, service=service, decision_id=decision_id))
+              decision_id: int | None = None, subject: str | None = None) -> None:
+        s.add(Alert(at=at, severity=severity, kind=kind, message=message, service=service, decision_id=decision_id,
+                    subject=subject))
+
+    @staticmethod
+    def alert_once(s: Session, at: datetime, severity: str, kind: str, subject: str, message: str,
+                   service: str | None = None, decision_id: int | None = None) -> bool:
+        """Alert about a lasting condition once: not again while an alert of this kind and subject exists."""
+        seen = s.scalar(select(func.count()).select_from(Alert).where(Alert.kind == kind, Alert.subject == subject))
+        if seen:
+            return False
+        Store.alert(s, at, severity, kind, message, service, decision_id, subject)
+        return True
 
     @staticmethod
     def close_interrupted_decisions(s: Session, at: datetime) -> int:

@@ -82,6 +82,7 @@ class Instance(Base):
     offering_key: Mapped[str] = mapped_column(String(256), index=True)
     price_per_hour: Mapped[float] = mapped_column(Float)  # price in effect at launch; never recomputed
     state: Mapped[str] = mapped_column(String(16), index=True)
+    state_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # time of the last transition
     decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"))
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
     launched_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # provider accepted: billing starts
@@ -132,6 +133,18 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text)
     service: Mapped[str | None] = mapped_column(String(64))
     decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"))
+    subject: Mapped[str | None] = mapped_column(String(256), index=True)  # instance name, offering key...
+
+
+class DemandCursor(Base):
+    """Where a service's demand source stands; committed with the windows it produced."""
+
+    __tablename__ = "demand_cursors"
+
+    service: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    cursor: Mapped[dict] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class SimulationRun(Base):

@@ -1,0 +1,73 @@
+"""What the loop carries from one tick to the next, in one place, safe against the refit job.
+
+fleetd runs two scheduler jobs on one Loop: the tick, and the forecast refit
+(slow statsmodels fits, never inside a tick). Both read and write this state,
+so every access holds its lock, and the refit fits on a snapshot outside it:
+the lock is held for list copies and dictionary swaps, never for a fit.
+The store stays the truth; this is a cache of what the store and the last
+ticks already said, rebuilt from the store after a restart.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from daemon.domain import DemandForecast, DemandWindow, Plan
+
+
+@dataclass
+class LoopState:
+    # Demand history per service: read from the store once, then extended with the
+    # windows the loop itself records (a tick does not re-read days of rows).
+    history: dict[str, list[DemandWindow]] | None = None
+    # Fitted forecast models per service, replaced whole by the refit (never mutated).
+    forecast_states: dict = field(default_factory=dict)
+    last_forecasts: dict[str, DemandForecast] = field(default_factory=dict)
+    last_plan: tuple | None = None  # (Plan, PlanBasis) of the last acceptable solve
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def extend_history(self, loaded: dict[str, list[DemandWindow]] | None, new: list[DemandWindow],
+                       since: datetime) -> dict[str, list[DemandWindow]]:
+        """Add this tick's windows, drop what is older than `since`; returns a snapshot."""
+        with self._lock:
+            if self.history is None:
+                self.history = {k: list(v) for k, v in (loaded or {}).items()}
+            else:
+                for w in new:
+                    self.history.setdefault(w.service, []).append(w)
+            self.history = {name: [w for w in ws if w.start >= since] for name, ws in self.history.items()}
+            return {name: list(ws) for name, ws in self.history.items()}
+
+    def has_history(self) -> bool:
+        with self._lock:
+            return self.history is not None
+
+    def history_snapshot(self) -> dict[str, list[DemandWindow]] | None:
+        with self._lock:
+            return None if self.history is None else {k: list(v) for k, v in self.history.items()}
+
+    def forecast_inputs(self) -> tuple[dict, dict]:
+        with self._lock:
+            return dict(self.forecast_states), dict(self.last_forecasts)
+
+    def set_forecast_states(self, states: dict) -> None:
+        with self._lock:
+            self.forecast_states = dict(states)
+
+    def set_last_forecasts(self, forecasts: dict[str, DemandForecast]) -> None:
+        with self._lock:
+            self.last_forecasts = dict(forecasts)
+
+    def remember_plan(self, entry: tuple[Plan, object] | None) -> None:
+        with self._lock:
+            self.last_plan = entry
+
+    def plan_memory(self) -> tuple | None:
+        with self._lock:
+            return self.last_plan
+
+
+def history_since(now: datetime, history_s: float) -> datetime:
+    return now - timedelta(seconds=history_s)
