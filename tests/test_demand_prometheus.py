@@ -7,6 +7,7 @@ and storage, scraping every second. Install it with scripts/deps-prometheus.sh.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import shutil
@@ -65,22 +66,27 @@ class FakeVllm:
     def exposition(self) -> str:
         with self.lock:
             n, prompt, gen = self.n, list(self.prompt), list(self.gen)
-        lab = 'model_name="llama"'
-        out = [
-            "# HELP vllm:request_success_total Count of successfully processed requests.",
-            "# TYPE vllm:request_success_total counter",
-            f'vllm:request_success_total{{finished_reason="stop",{lab}}} {float(n)}',
-            f'vllm:request_success_total{{finished_reason="length",{lab}}} 0.0',
-        ]
-        for name, vals, edges in (("vllm:request_prompt_tokens", prompt, PROMPT_EDGES),
-                                  ("vllm:request_generation_tokens", gen, GEN_EDGES)):
-            out.append(f"# TYPE {name} histogram")
-            for e in edges:
-                out.append(f'{name}_bucket{{le="{float(e)}",{lab}}} {float(sum(v <= e for v in vals))}')
-            out.append(f'{name}_bucket{{le="+Inf",{lab}}} {float(len(vals))}')
-            out.append(f"{name}_count{{{lab}}} {float(len(vals))}")
-            out.append(f"{name}_sum{{{lab}}} {float(sum(vals))}")
-        return "\n".join(out) + "\n"
+        return exposition(n, prompt, gen)
+
+
+def exposition(n: int, prompt: list[int], gen: list[int]) -> str:
+    """vLLM's request counter and token histograms (vllm/engine/metrics.py names), text format."""
+    lab = 'model_name="llama"'
+    out = [
+        "# HELP vllm:request_success_total Count of successfully processed requests.",
+        "# TYPE vllm:request_success_total counter",
+        f'vllm:request_success_total{{finished_reason="stop",{lab}}} {float(n)}',
+        f'vllm:request_success_total{{finished_reason="length",{lab}}} 0.0',
+    ]
+    for name, vals, edges in (("vllm:request_prompt_tokens", prompt, PROMPT_EDGES),
+                              ("vllm:request_generation_tokens", gen, GEN_EDGES)):
+        out.append(f"# TYPE {name} histogram")
+        for e in edges:
+            out.append(f'{name}_bucket{{le="{float(e)}",{lab}}} {float(sum(v <= e for v in vals))}')
+        out.append(f'{name}_bucket{{le="+Inf",{lab}}} {float(len(vals))}')
+        out.append(f"{name}_count{{{lab}}} {float(len(vals))}")
+        out.append(f"{name}_sum{{{lab}}} {float(sum(vals))}")
+    return "\n".join(out) + "\n"
 
 
 def _free_port() -> int:
@@ -94,20 +100,20 @@ def _get(url: str) -> bytes:
         return r.read()
 
 
-@pytest.fixture
-def vllm_and_prometheus(tmp_path):
+@contextlib.contextmanager
+def start_prometheus(tmp_path, exposition_fn, is_up=lambda: True):
+    """A metrics endpoint serving `exposition_fn()` and a real Prometheus scraping it every second."""
     binary = shutil.which("prometheus")
     if binary is None:
         pytest.skip("prometheus binary not installed (run scripts/deps-prometheus.sh)")
-    fake = FakeVllm(rate=10.0)
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802
-            if not fake.up:
+            if not is_up():
                 self.send_response(503)
                 self.end_headers()
                 return
-            body = fake.exposition().encode()
+            body = exposition_fn().encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain; version=0.0.4")
             self.send_header("Content-Length", str(len(body)))
@@ -119,8 +125,6 @@ def vllm_and_prometheus(tmp_path):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    gen = threading.Thread(target=fake.run, daemon=True)
-    gen.start()
     port = _free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(
@@ -145,15 +149,26 @@ def vllm_and_prometheus(tmp_path):
             if proc.poll() is not None or time.time() > deadline:
                 pytest.fail("prometheus did not start: " + (tmp_path / "prometheus.log").read_text()[-2000:])
             time.sleep(0.2)
-        yield fake, base
+        yield base
     finally:
-        fake.stop.set()
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
         server.shutdown()
+
+
+@pytest.fixture
+def vllm_and_prometheus(tmp_path):
+    fake = FakeVllm(rate=10.0)
+    gen = threading.Thread(target=fake.run, daemon=True)
+    gen.start()
+    try:
+        with start_prometheus(tmp_path, fake.exposition, lambda: fake.up) as base:
+            yield fake, base
+    finally:
+        fake.stop.set()
 
 
 def _wait_for_samples(base: str, n: int, timeout: float = 20.0):
