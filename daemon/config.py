@@ -203,8 +203,9 @@ class PolicyConfig(_Model):
     # A launch not healthy this long after the provider accepted it is failed, terminated and
     # replaced elsewhere. SkyServe waits 1200 s for a replica's first readiness probe
     # (sky/serve/constants.py DEFAULT_INITIAL_DELAY_SECONDS, SkyPilot 0.14.1) and Karpenter 15 min
-    # for a node to register (registrationTTL); our SkyPilot e2e on Slurm took 40-90 s and cloud
-    # GPU VMs with a 7B vLLM server come up in 3-10 min.
+    # for a node to register (its NodeClaim registration TTL). Our SkyPilot e2e on the local Slurm
+    # cluster measured 39-73 s from launch to healthy (issue 6, three runs) with a tiny server; a
+    # cloud GPU VM that also installs vLLM and loads weights takes minutes more, well inside 1200 s.
     launch_timeout_s: PositiveFloat = 1200.0
     # A market whose launches keep failing backs off: the n-th failure in a row (no launch
     # became healthy since) keeps it out for market_cooldown_s x 2^(n-1), at most this long...
