@@ -22,6 +22,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable
 
 import structlog
@@ -110,12 +111,19 @@ def workload_for(cfg: Config, trace_path: str | None) -> RequestTrace:
 def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | None = None,
              progress: Callable[[float, dict], None] | None = None) -> SimulationSummary:
     wall0 = time.perf_counter()
-    store = open_store(cfg, db_url, durable=False)
+    target = _sqlite_file(db_url)
+    if target is not None:
+        # A replay into a SQLite file runs in memory and is written out whole at the end
+        # (VACUUM INTO): the database is the same, the ticks are several times faster.
+        if target.exists():
+            _refuse_used(open_store(cfg, db_url, durable=False), db_url)
+            for p in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):
+                p.unlink(missing_ok=True)
+        store = open_store(cfg, "sqlite://", durable=False)
+    else:
+        store = open_store(cfg, db_url, durable=False)
     upgrade(store.engine)
-    with store.session() as s:
-        existing = s.query(Decision).count()
-    if existing:
-        raise ValueError(f"{db_url} already holds {existing} decisions; simulate into a fresh database")
+    _refuse_used(store, db_url)
     window_s = cfg.loop.window_s
     tick_s = cfg.loop.tick_interval_s
     if warmup_s is None:
@@ -201,7 +209,31 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
         }
         s.add(SimulationRun(started_at=_utcnow(), virtual_start=origin, virtual_end=end,
                             workload=trace.source[:512], summary=summary))
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with store.engine.connect() as c:
+            c.exec_driver_sql("VACUUM INTO ?", (str(target),))
     return SimulationSummary(summary)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:":
+        return Path(u.database)
+    return None
+
+
+def _refuse_used(store: Store, db_url: str) -> None:
+    from sqlalchemy import inspect
+
+    if not inspect(store.engine).has_table("decisions"):
+        return
+    with store.session() as s:
+        existing = s.query(Decision).count()
+    if existing:
+        raise ValueError(f"{db_url} already holds {existing} decisions; simulate into a fresh database")
 
 
 def _clipped(row: Instance, start: datetime, end: datetime) -> tuple[float, float]:

@@ -37,7 +37,13 @@ class LoopState:
             else:
                 for w in new:
                     self.history.setdefault(w.service, []).append(w)
-            self.history = {name: [w for w in ws if w.start >= since] for name, ws in self.history.items()}
+            for ws in self.history.values():
+                # Windows arrive in time order: what fell out of the history is at the front.
+                k = 0
+                while k < len(ws) and ws[k].start < since:
+                    k += 1
+                if k:
+                    del ws[:k]
             return {name: list(ws) for name, ws in self.history.items()}
 
     def has_history(self) -> bool:

@@ -29,7 +29,7 @@ from daemon.capacity import capacity_table
 from daemon.config import Config
 from daemon.demand.source import DemandPoll, DemandSource
 from daemon.domain import CapacityTable, DemandForecast, Market, Plan
-from daemon.lifecycle import TERMINAL, Reason, State
+from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State
 from daemon.loop.decide import (
     FleetState, build_plan_inputs, forecast_all, forecast_dict, plan_basis, plan_dict, plan_still_fits,
     refit_forecasts, reused,
@@ -189,24 +189,27 @@ def load_history(cfg: Config, s, now: datetime) -> dict[str, list]:
 def read_fleet_state(cfg: Config, s, now: datetime, offerings: list, provider_unavailable=frozenset()) -> FleetState:
     rows = Store.instances(s, states=frozenset(State) - TERMINAL)
     pol = cfg.policy
-    preempted = Store.recent_events(s, now - timedelta(seconds=pol.market_cooldown_s), [Reason.PREEMPTED])
     day = timedelta(hours=24)
-    preempted_day = Store.recent_events(s, now - day, [Reason.PREEMPTED])
-    lookback = timedelta(seconds=max(86400.0, 2 * pol.max_market_cooldown_s))
-    outcomes = Store.recent_events(s, now - lookback, list(FAILURE_REASONS | SUCCESS_REASONS))
-    backoff = market_backoff([(e.at, e.reason, i.offering_key) for e, i in outcomes], pol)
-    lost = Store.recent_events(s, now - timedelta(seconds=cfg.loop.tick_interval_s * 2),
-                               [Reason.PREEMPTED, Reason.LAUNCH_FAILED, Reason.NO_CAPACITY])
+    cooldown = timedelta(seconds=pol.market_cooldown_s)
+    recent = timedelta(seconds=cfg.loop.tick_interval_s * 2)
+    lookback = max(day, timedelta(seconds=2 * pol.max_market_cooldown_s), cooldown, recent)
+    # One query for every market rule below: this runs every tick.
+    events = Store.events_since(s, now - lookback, {Reason.PREEMPTED} | FAILURE_REASONS | SUCCESS_REASONS)
+    preempted = [e for e in events if e.reason == Reason.PREEMPTED]
+    backoff = market_backoff([(e.at, e.reason, e.offering_key) for e in events
+                              if e.reason in FAILURE_REASONS or e.reason in SUCCESS_REASONS], pol)
+    lost = [e for e in events if e.at >= now - recent
+            and e.reason in (Reason.PREEMPTED, Reason.LAUNCH_FAILED, Reason.NO_CAPACITY)]
     # A spot failure or loss cools its whole location (SkyServe's SpotHedge marks the zone);
     # a market that keeps failing backs off exponentially on top.
-    spot_failed = [(e, i) for e, i in outcomes if e.reason in FAILURE_REASONS and i.market == str(Market.SPOT)
-                   and e.at >= now - timedelta(seconds=pol.market_cooldown_s)]
-    unavailable = (cooldown_offerings(preempted + spot_failed, offerings)
+    cooling = [e for e in events if e.at >= now - cooldown and e.market == str(Market.SPOT)
+               and (e.reason == Reason.PREEMPTED or e.reason in FAILURE_REASONS)]
+    unavailable = (cooldown_offerings(cooling, offerings)
                    | {k for k, b in backoff.items() if b.until > now} | frozenset(provider_unavailable))
     return FleetState(
         fleet=[fleet_instance(r) for r in rows], unavailable=frozenset(unavailable),
-        preemptions_per_hour=hazard_per_location(preempted_day, day),
-        recently_lost=Counter(i.service for _, i in lost), backoff=backoff,
+        preemptions_per_hour=hazard_per_location([e for e in preempted if e.at >= now - day], day),
+        recently_lost=Counter(e.service for e in lost), backoff=backoff,
     )
 
 
@@ -401,9 +404,9 @@ def apply(loop: Loop, now: datetime, decision_id: int) -> tuple[int, int]:
     launches = terminations = 0
     svc_model = {s.name: s.model for s in loop.cfg.services}
     with store.session() as s:
-        pending = [(r.id, r.name, r.service, offering_of(r))
-                   for r in Store.instances(s, frozenset({State.REQUESTED}))]
-        stopping = [(r.id, r.name) for r in Store.instances(s, frozenset({State.TERMINATING}))]
+        todo = Store.instances(s, frozenset({State.REQUESTED, State.TERMINATING}))
+        pending = [(r.id, r.name, r.service, offering_of(r)) for r in todo if r.state == State.REQUESTED]
+        stopping = [(r.id, r.name) for r in todo if r.state == State.TERMINATING]
     for iid, name, service, off in pending:
         outcome: tuple[State, Reason, str | None]
         try:
@@ -436,20 +439,17 @@ def apply(loop: Loop, now: datetime, decision_id: int) -> tuple[int, int]:
 
 def finish(loop: Loop, obs: Observation, forecasts: dict[str, DemandForecast], the_plan: Plan, rec: Reconciliation,
            mode: str, launches: int, terminations: int, decision_id: int, now: datetime, t0: float) -> TickResult:
-    from daemon.store.schema import Decision
-
     outcome = "applied" if mode == "apply" else mode
     with loop.store.session() as s:
-        d = s.get(Decision, decision_id)
-        d.outcome = outcome
-        d.launches = launches
-        d.terminations = terminations
-        d.fleet_cost_per_hour = Store.fleet_cost_per_hour(s)
+        live = Store.fleet_rows(s)
         running: Counter = Counter()
         serving = []
-        for r in Store.instances(s, states=frozenset({State.RUNNING})):
-            running[(r.service, f"{r.gpu}x{r.gpu_count}")] += 1
-            serving.append((r.name, r.service, f"{r.gpu}x{r.gpu_count}", r.offering_key, r.endpoint))
+        for r in live:
+            if r.state == State.RUNNING:
+                running[(r.service, r.pool)] += 1
+                serving.append((r.name, r.service, r.pool, r.offering_key, r.endpoint))
+        Store.finish_decision(s, decision_id, outcome, launches, terminations,
+                              sum(r.price_per_hour for r in live if r.state in BILLABLE))
     if mode == "apply":
         _publish(loop, the_plan, obs, serving, now, decision_id)
     log.info("tick", decision=decision_id, outcome=outcome,

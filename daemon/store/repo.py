@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import defaultdict
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import Iterator
+from typing import Iterator, NamedTuple
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,13 @@ def make_engine(url: str, durable: bool = True) -> Engine:
     """`durable=False` (replays, whose database can be made again) skips fsync on commit."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"timeout": 30})
+        if not u.database or u.database == ":memory:":
+            # One shared connection: an in-memory database lives as long as its connection.
+            from sqlalchemy.pool import StaticPool
+
+            engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        else:
+            engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # WAL: `fleetctl status` reads while fleetd writes
@@ -87,24 +93,27 @@ class Store:
         """One row per non-empty cell; an observed quiet window keeps one zero row (seen, and quiet).
 
         The window's token sums ride on its first row: they belong to the window, not a cell.
+        One bulk INSERT: this runs every tick.
         """
+        rows = []
         for w in windows:
             cells = [(i, j, c) for i, row in enumerate(w.counts) for j, c in enumerate(row) if c > 0] or [(0, 0, 0.0)]
             for k, (i, j, c) in enumerate(cells):
-                s.add(DemandWindowRow(
-                    service=w.service, window_start=w.start, window_seconds=w.seconds, input_bucket=i,
-                    output_bucket=j, requests=c, input_tokens=w.input_tokens if k == 0 else 0.0,
-                    output_tokens=w.output_tokens if k == 0 else 0.0,
-                ))
+                rows.append({"service": w.service, "window_start": w.start, "window_seconds": w.seconds,
+                             "input_bucket": i, "output_bucket": j, "requests": c,
+                             "input_tokens": w.input_tokens if k == 0 else 0.0,
+                             "output_tokens": w.output_tokens if k == 0 else 0.0})
+        if rows:
+            s.execute(insert(DemandWindowRow), rows)
 
     @staticmethod
     def save_cursor(s: Session, service: str, kind: str, cursor: dict, at: datetime) -> None:
-        """A demand source's position, in the transaction that stores its windows."""
-        row = s.get(DemandCursor, service)
-        if row is None:
-            s.add(DemandCursor(service=service, kind=kind, cursor=cursor, updated_at=at))
-        else:
-            row.kind, row.cursor, row.updated_at = kind, cursor, at
+        """A demand source's position, in the transaction that stores its windows (an upsert)."""
+        t = DemandCursor.__table__
+        values = {"service": service, "kind": kind, "cursor": cursor, "updated_at": at}
+        done = s.execute(update(t).where(t.c.service == service).values(kind=kind, cursor=cursor, updated_at=at))
+        if done.rowcount == 0:
+            s.execute(insert(t).values(**values))
 
     @staticmethod
     def cursors(s: Session) -> dict[str, tuple[str, dict]]:
@@ -189,16 +198,32 @@ class Store:
         return list(s.scalars(q.order_by(Instance.requested_at, Instance.id)))
 
     @staticmethod
+    def fleet_rows(s: Session) -> list["FleetRow"]:
+        """Every instance not yet ended, as plain rows (what a tick's finish reads)."""
+        i = Instance
+        q = (select(i.name, i.service, i.gpu, i.gpu_count, i.offering_key, i.endpoint, i.state, i.price_per_hour)
+             .where(i.state.in_([str(x) for x in frozenset(State) - TERMINAL])).order_by(i.id))
+        return [FleetRow(n, svc, f"{g}x{c}", k, ep, st, p) for n, svc, g, c, k, ep, st, p in s.execute(q)]
+
+    @staticmethod
+    def finish_decision(s: Session, decision_id: int, outcome: str, launches: int, terminations: int,
+                        fleet_cost_per_hour: float) -> None:
+        s.execute(update(Decision).where(Decision.id == decision_id).values(
+            outcome=outcome, launches=launches, terminations=terminations, fleet_cost_per_hour=fleet_cost_per_hour))
+
+    @staticmethod
     def fleet_cost_per_hour(s: Session) -> float:
         return float(s.scalar(select(func.coalesce(func.sum(Instance.price_per_hour), 0.0))
                               .where(Instance.state.in_([str(x) for x in BILLABLE]))) or 0.0)
 
     @staticmethod
-    def recent_events(s: Session, since: datetime, reasons: list[Reason]) -> list[tuple[InstanceEvent, Instance]]:
-        q = (select(InstanceEvent, Instance).join(Instance, Instance.id == InstanceEvent.instance_id)
-             .where(InstanceEvent.at >= since, InstanceEvent.reason.in_([str(r) for r in reasons]))
-             .order_by(InstanceEvent.at))
-        return [(e, i) for e, i in s.execute(q)]
+    def events_since(s: Session, since: datetime, reasons) -> list["EventRow"]:
+        """Transitions with these reasons since `since`, with the columns of their instance (plain rows)."""
+        e, i = InstanceEvent, Instance
+        q = (select(e.at, e.reason, e.instance_id, i.service, i.cloud, i.region, i.zone, i.market, i.offering_key)
+             .join(i, i.id == e.instance_id)
+             .where(e.at >= since, e.reason.in_([str(r) for r in reasons])).order_by(e.at, e.id))
+        return [EventRow(*r) for r in s.execute(q)]
 
     # -- decisions and alerts -------------------------------------------------------
 
@@ -235,21 +260,49 @@ class Store:
         return len(rows)
 
 
-def cooldown_offerings(events: list[tuple[InstanceEvent, Instance]], offerings: list[Offering]) -> frozenset[str]:
+class FleetRow(NamedTuple):
+    name: str
+    service: str
+    pool: str
+    offering_key: str
+    endpoint: str | None
+    state: str
+    price_per_hour: float
+
+
+class EventRow(NamedTuple):
+    """A transition with the columns of its instance that the loop's market rules read."""
+
+    at: datetime
+    reason: str
+    instance_id: str
+    service: str
+    cloud: str
+    region: str
+    zone: str | None
+    market: str
+    offering_key: str
+
+    @property
+    def location(self) -> str:
+        return "/".join([self.cloud, self.region, self.zone or "-"])
+
+
+def cooldown_offerings(events: list[EventRow], offerings: list[Offering]) -> frozenset[str]:
     """Spot markets to avoid: every spot offering in a location that recently lost or refused one.
 
     SkyServe's SpotHedge marks a zone PREEMPTED after a preemption or a failed
     spot launch there (BACKGROUND §3); we do the same, for a cooldown window.
     """
-    bad_locs = {"/".join([i.cloud, i.region, i.zone or "-"]) for _, i in events if i.market == str(Market.SPOT)}
-    bad_keys = {i.offering_key for _, i in events}
+    bad_locs = {e.location for e in events if e.market == str(Market.SPOT)}
+    bad_keys = {e.offering_key for e in events}
     out = {o.key for o in offerings if o.market is Market.SPOT and o.location in bad_locs}
     return frozenset(out | {k for k in bad_keys if k.endswith("/spot")})
 
 
-def hazard_per_location(events: list[tuple[InstanceEvent, Instance]], window: timedelta) -> dict[str, float]:
+def hazard_per_location(events: list[EventRow], window: timedelta) -> dict[str, float]:
     hours = window.total_seconds() / 3600.0
     out: dict[str, float] = defaultdict(float)
-    for _, i in events:
-        out["/".join([i.cloud, i.region, i.zone or "-"])] += 1.0 / hours
+    for e in events:
+        out[e.location] += 1.0 / hours
     return dict(out)
