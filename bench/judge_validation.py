@@ -202,6 +202,7 @@ def table_section(n: int, pools: list[str] | None) -> None:
     print("   'sust' = highest rate the judge keeps within the SLO (p99s and >= 99% attainment) / MaxTput;")
     print("   'ctx' = share refused for the model's context (prompt + output > max_model_len)\n")
     ratios = []
+    per_pool: dict[str, np.ndarray] = {}
     t0 = time.perf_counter()
     for pool in table.pools(svc.name):
         if pools and pool not in pools:
@@ -209,6 +210,7 @@ def table_section(n: int, pools: list[str] | None) -> None:
         gpu, tp = pool.rsplit("x", 1)
         tp = int(tp)
         tput = table.get(svc.name, pool)
+        pool_start = len(ratios)
         print(f"   {pool} ({table.provenance.get((svc.name, pool), '?')[:60]})")
         for i in range(grid.n_input):
             for j in range(grid.n_output):
@@ -240,11 +242,17 @@ def table_section(n: int, pools: list[str] | None) -> None:
                 print(f"     {label}  MaxTput {mt:8.3f}  TTFT {p99_ttft / spec.ttft_slo_s:8.2f}  "
                       f"TPOT {p99_tpot / spec.tpot_slo_ms:5.2f}  att {att * 100:6.2f}%  sust {sust:>4}  "
                       f"ctx {refused * 100:4.1f}%  kv-recomputes {kvp}")
+        mine = np.array(ratios[pool_start:])
+        if mine.size:
+            per_pool[pool] = mine
     if ratios:
         r = np.array(ratios)
         print(f"\n   sustainable / MaxTput over {r.size} cells: median {np.median(r):.2f}, "
               f"min {r.min():.2f}, max {r.max():.2f}; cells below 0.8: {int((r < 0.8).sum())}, "
               f"above 1.25: {int((r > 1.25).sum())}")
+        for pool, mine in per_pool.items():
+            print(f"     {pool:12} median {np.median(mine):.2f}  min {mine.min():.2f}  max {mine.max():.2f}  "
+                  f"({mine.size} cells)")
     print(f"   ({time.perf_counter() - t0:.1f} s)")
 
 

@@ -76,8 +76,21 @@ def test_fleet_and_routes_from_hand_made_rows(store):
     assert tables[1].weights == {("chat", 0): (("L4x1", 1.0),)}
 
 
+def test_unreadable_store_is_a_clear_error(tmp_path):
+    import sqlite3
+
+    from daemon.judge import JudgeInputError
+
+    with pytest.raises(JudgeInputError, match="no such database"):
+        fleet_from_store(f"sqlite:///{tmp_path / 'missing.db'}")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("create table x (a)").connection.commit()
+    with pytest.raises(JudgeInputError, match="not a fleet store.*instances"):
+        fleet_from_store(f"sqlite:///{other}")
+
+
 @pytest.mark.slow
-def test_judge_a_real_short_replay(tmp_path):
+def test_judge_a_real_short_replay(tmp_path, capsys):
     from daemon.demand.traces import read_trace
     from daemon.simulate import simulate
 
@@ -109,6 +122,17 @@ def test_judge_a_real_short_replay(tmp_path):
                 ok |= (mine >= a) & (mine < b)
             assert ok.all(), r.name
     assert set(s["pools"]) - {"chat/-"} <= {f"chat/{r.pool}" for r in inputs.fleet}
+
+    # The same from the command line: python -m daemon.judge --db URL --trace F --json
+    import json
+
+    from daemon.judge.__main__ import main
+
+    capsys.readouterr()
+    assert main(["--db", url, "--trace", str(AZURE_CONV), "--json"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("{")][-1]
+    cli = json.loads(line)
+    assert cli["slo_attainment"] == s["slo_attainment"] and cli["failed"] == s["failed"]
 
 
 def test_requests_from_several_services():

@@ -18,10 +18,14 @@ later (additive migrations) do not matter:
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from typing import Mapping
 
+from pathlib import Path
+
 from sqlalchemy import create_engine, select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from daemon.judge.inputs import (
@@ -45,11 +49,23 @@ def _engine(source) -> Engine:
     if isinstance(source, Engine):
         return source
     if isinstance(source, str):
+        url = make_url(source)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+                and not Path(url.database).exists():
+            raise JudgeInputError(f"{source}: no such database (run a replay first: fleetctl simulate --db ...)")
         return create_engine(source)
     eng = getattr(source, "engine", None)  # daemon.store.repo.Store
     if isinstance(eng, Engine):
         return eng
     raise TypeError(f"expected a database URL, an SQLAlchemy Engine or a Store, got {type(source).__name__}")
+
+
+@contextmanager
+def _reading(source):
+    try:
+        yield
+    except (OperationalError, ProgrammingError) as e:
+        raise JudgeInputError(f"{source}: not a fleet store the judge can read ({e.orig})") from None
 
 
 def _ts(dt) -> float | None:
@@ -59,7 +75,7 @@ def _ts(dt) -> float | None:
 def fleet_from_store(source, notice_s: Mapping[str, float] = MARKET_NOTICE_S) -> tuple[ReplicaSpan, ...]:
     """One ReplicaSpan per instance that ever became ready, in order of request."""
     eng = _engine(source)
-    with Session(eng) as s:
+    with _reading(source), Session(eng) as s:
         rows = s.execute(select(Instance.id, Instance.name, Instance.service, Instance.cloud, Instance.gpu,
                                 Instance.gpu_count, Instance.market, Instance.ready_at, Instance.ended_at)
                          .order_by(Instance.requested_at, Instance.id)).all()
@@ -102,7 +118,7 @@ def fleet_from_store(source, notice_s: Mapping[str, float] = MARKET_NOTICE_S) ->
 def routing_from_store(source) -> tuple[RoutingTable, ...]:
     """The routing tables in force over time: one per applied, usable decision whose routes changed."""
     eng = _engine(source)
-    with Session(eng) as s:
+    with _reading(source), Session(eng) as s:
         rows = s.execute(select(Decision.id, Decision.at, Decision.outcome, Decision.plan_status, Decision.plan)
                          .order_by(Decision.at, Decision.id)).all()
     out: list[RoutingTable] = []
