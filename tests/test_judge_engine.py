@@ -156,6 +156,15 @@ def test_kv_limit_preempts_and_recomputes():
     assert h.kv_preemptions == 0 and h.recomputes.sum() == 0
 
 
+def test_growing_decodes_preempt_the_newest_sequence():
+    # Five prompts fit the A10G's cache together (5 x 1000 tokens), their answers do not (5 x 4000):
+    # as the decodes grow the newest sequence is preempted, recomputed later, and finishes last.
+    v = run([0.0, 0.1, 0.2, 0.3, 0.4], [1000] * 5, [3000] * 5, [replica()])
+    assert (v.status == 0).all() and v.kv_preemptions > 0
+    assert v.recomputes[0] == 0 and v.recomputes[-1] > 0  # FCFS: the oldest is never the victim
+    assert np.argmax(v.e2e_s + v.requests.arrival_s) == 4
+
+
 def test_max_num_seqs_caps_the_batch():
     # 400 tiny requests at once on an H100: at most 256 run, the rest queue.
     v = run([0.0] * 400, [20] * 400, [100] * 400, [replica(gpu="H100")])

@@ -362,8 +362,8 @@ class ReplicaEngine:
         k1 = heap[0][0] - self.G
         k2 = int(self._free() // B)
         K = k1 if k1 < k2 else k2
-        if K < 1:
-            K = 1  # _schedule guaranteed room for one step
+        if K < 1:  # _schedule preempts until every decode has a slot: a broken invariant, not a state
+            raise RuntimeError(f"replica {self.index}: KV cache over capacity at a decode boundary")
         c = self.tok[B] + self.seq[B]
         K0 = self.S + B * self.G
         self.d_K, self.d_c, self.d_K0, self.d_B = K, c, K0, B
