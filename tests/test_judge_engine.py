@@ -165,6 +165,16 @@ def test_growing_decodes_preempt_the_newest_sequence():
     assert np.argmax(v.e2e_s + v.requests.arrival_s) == 4
 
 
+def test_engine_settings_are_the_services():
+    from dataclasses import replace
+
+    from daemon.capacity.estimator import VLLM_V1
+
+    small = {"chat": ServiceSpec("chat", MODEL, 2.0, 120.0, engine=replace(VLLM_V1, max_num_seqs=8))}
+    v = run([0.0] * 20, [20] * 20, [100] * 20, [replica(gpu="H100")], services=small)
+    assert (np.sort(v.ttft_s)[8:] > np.sort(v.ttft_s)[7] + 0.1).all()  # only 8 run at once
+
+
 def test_max_num_seqs_caps_the_batch():
     # 400 tiny requests at once on an H100: at most 256 run, the rest queue.
     v = run([0.0] * 400, [20] * 400, [100] * 400, [replica(gpu="H100")])

@@ -30,11 +30,12 @@ Decode-token counts are kept as one counter per replica (`G`): a sequence that
 joined at G0 needing r more tokens finishes when G reaches G0 + r.
 
 KV accounting is in tokens plus half a block of internal fragmentation per
-running sequence (vLLM allocates 16-token blocks); the pool size follows vLLM's
-memory profiling: gpu_memory_utilization x device memory, less the weights and
-the activation/graph reserve, over the KV bytes per token. No prefix caching,
-no speculative decoding (vLLM defaults for the OpenAI server off prefix cache
-are workload-dependent; the judge assumes no reuse, the conservative reading).
+running sequence (vLLM allocates blocks of `--block-size` 16 tokens, its default on
+CUDA); the pool size follows vLLM's memory profiling: gpu_memory_utilization x
+device memory, less the weights and the activation/graph reserve, over the KV
+bytes per token. No prefix caching (vLLM V1 turns it on by default, but the
+traces carry no prompt text, so no reuse is known and none is assumed: the
+conservative reading), no speculative decoding, no swapping to CPU.
 """
 
 from __future__ import annotations

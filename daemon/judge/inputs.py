@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from daemon.capacity.estimator import EngineParams
 from daemon.domain import BucketGrid
 
 
@@ -218,7 +219,7 @@ class ServiceSpec:
     ttft_slo_s: float
     tpot_slo_ms: float
     max_model_len: int | None = None  # None: the model's context from daemon.capacity.models
-    engine: str = "vllm-v1"
+    engine: "str | EngineParams" = "vllm-v1"  # a name in estimator.ENGINES, or custom EngineParams (max_num_seqs ...)
     dtype: str = "bf16"
 
     @classmethod
