@@ -115,7 +115,7 @@ def main() -> None:
     args = ap.parse_args()
     _quiet()
     from daemon.demand.demo import demo_trace
-    from daemon.demand.traces import read_trace
+    from daemon.demand.request_log import read_trace
 
     tmp = None
     if args.db_dir:

@@ -91,7 +91,7 @@ def test_unreadable_store_is_a_clear_error(tmp_path):
 
 @pytest.mark.slow
 def test_judge_a_real_short_replay(tmp_path, capsys):
-    from daemon.demand.traces import read_trace
+    from daemon.demand.request_log import read_trace
     from daemon.simulate import simulate
 
     cfg = default_config()

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from daemon.config import ConfigError, load_config
-    from daemon.demand.traces import TraceError
+    from daemon.demand.errors import TraceError
     from daemon.judge import JudgeInputError, judge
     from daemon.judge.store_adapter import inputs_from_store
     from daemon.simulate import workload_for

@@ -105,7 +105,7 @@ class Requests:
 
     @classmethod
     def from_trace(cls, trace, service: str) -> "Requests":
-        """A `daemon.demand.traces.RequestTrace` (arrivals relative to its start) for one service."""
+        """A `daemon.demand.request_log.RequestTrace` (arrivals relative to its start) for one service."""
         t0 = trace.start.timestamp()
         return cls.build(t0 + np.asarray(trace.t, dtype=np.float64), trace.input_tokens, trace.output_tokens, service)
 
