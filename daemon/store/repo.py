@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from daemon.domain import BucketGrid, DemandWindow, FleetInstance, Market, Offering
+from daemon.private import create_private
 from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State, check_transition
 from daemon.store.schema import Alert, Decision, DemandWindowRow, Instance, InstanceEvent
 
@@ -26,6 +27,13 @@ def make_engine(url: str, durable: bool = True) -> Engine:
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         engine = create_engine(url, connect_args={"timeout": 30})
+
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+            @event.listens_for(engine, "do_connect")
+            def _private_file(_dialect, _rec, _cargs, _cparams):
+                # Before SQLite opens (and would create) the file: create it 0600 ourselves.
+                # Its -wal/-shm/-journal files take the database file's mode.
+                create_private(u.database)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # WAL: `fleetctl status` reads while fleetd writes

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 from sqlalchemy.types import TypeDecorator
 
 
@@ -81,6 +81,9 @@ class Instance(Base):
     market: Mapped[str] = mapped_column(String(16))
     offering_key: Mapped[str] = mapped_column(String(256), index=True)
     price_per_hour: Mapped[float] = mapped_column(Float)  # price in effect at launch; never recomputed
+    # What the same shape would have cost on demand at launch (same instance type in the same
+    # region, else the cheapest on-demand of the GPU type and count): the audit's savings baseline.
+    on_demand_price_per_hour: Mapped[float | None] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16), index=True)
     decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"))
     requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -145,3 +148,49 @@ class SimulationRun(Base):
     virtual_end: Mapped[datetime] = mapped_column(UTCDateTime)
     workload: Mapped[str] = mapped_column(String(512))
     summary: Mapped[dict | None] = mapped_column(JSON)
+
+    @validates("summary", "workload")
+    def _no_secrets(self, _key, value):
+        """A replay's summary names its database URL: the store never keeps its password."""
+        from daemon.redact import mask_urls_in
+
+        return mask_urls_in(value)
+
+
+class Lease(Base):
+    """A named lease (daemon/store/lease.py): who may act, until when, under which fencing token."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(256))  # None: free (released)
+    token: Mapped[int] = mapped_column(BigInteger)  # +1 at every change of holder; never goes down
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DaemonRow(Base):
+    """Every fleetd that runs on this store, leader or standby, as it last reported (for status)."""
+
+    __tablename__ = "daemons"
+
+    holder: Mapped[str] = mapped_column(String(256), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # leader / standby / stopped
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Control(Base):
+    """Operator switches kept in the store (`fleetctl pause|resume`), read by the tick at its start."""
+
+    __tablename__ = "controls"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # e.g. "paused"
+    value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(256))
+    note: Mapped[str | None] = mapped_column(Text)
