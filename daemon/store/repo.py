@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from daemon.domain import BucketGrid, DemandWindow, FleetInstance, Market, Offering
 from daemon.private import create_private
 from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State, check_transition
-from daemon.store.schema import Alert, Decision, DemandWindowRow, Instance, InstanceEvent
+from daemon.store.schema import Alert, Control, Decision, DemandWindowRow, Instance, InstanceEvent
 
 
 def make_engine(url: str, durable: bool = True) -> Engine:
@@ -139,8 +139,12 @@ class Store:
 
     @staticmethod
     def create_instance(s: Session, *, instance_id: str, name: str, service: str, provider: str,
-                        offering: Offering, at: datetime, reason: Reason, decision_id: int | None) -> Instance:
+                        offering: Offering, at: datetime, reason: Reason, decision_id: int | None,
+                        on_demand_price: float | None = None) -> Instance:
+        """`on_demand_price`: what the same shape costs on demand now (`on_demand_reference`), the
+        audit's savings baseline; None when unknown (the audit then looks it up)."""
         row = Instance(
+            on_demand_price_per_hour=on_demand_price,
             id=instance_id, name=name, service=service, provider=provider, cloud=offering.cloud,
             region=offering.region, zone=offering.zone, instance_type=offering.instance_type, gpu=offering.gpu,
             gpu_count=offering.gpu_count, market=str(offering.market), offering_key=offering.key,
@@ -207,6 +211,27 @@ class Store:
               decision_id: int | None = None) -> None:
         s.add(Alert(at=at, severity=severity, kind=kind, message=message, service=service, decision_id=decision_id))
 
+    # -- operator controls (fleetctl pause|resume) ---------------------------------------
+
+    @staticmethod
+    def paused(s: Session) -> bool:
+        """Whether an operator paused the fleet (`fleetctl pause`); the tick reads this at its start
+        (one primary-key read) and then plans and records without acting, as policy.paused does."""
+        row = s.get(Control, "paused", populate_existing=True)
+        return row is not None and row.value == "true"
+
+    @staticmethod
+    def set_paused(s: Session, paused: bool, at: datetime, by: str | None = None, note: str | None = None) -> bool:
+        """Pause or resume; returns whether it was paused before."""
+        row = s.get(Control, "paused", with_for_update=True)
+        before = row is not None and row.value == "true"
+        if row is None:
+            row = Control(name="paused", value="false", updated_at=at)
+            s.add(row)
+        row.value = "true" if paused else "false"
+        row.updated_at, row.updated_by, row.note = at, by, note
+        return before
+
     @staticmethod
     def close_interrupted_decisions(s: Session, at: datetime) -> int:
         """Decisions a crash left at 'started' are marked so; their intents are repaired by the next tick."""
@@ -215,6 +240,24 @@ class Store:
             d.outcome = "interrupted"
             d.error = (d.error or "") + f"process stopped before the tick finished (noticed {at.isoformat()})"
         return len(rows)
+
+
+def on_demand_reference(offering: Offering, offerings: list[Offering]) -> float | None:
+    """The on-demand $/h of the same shape: the same instance type in the same cloud and region,
+    else the cheapest on-demand offering with the same GPU type and count in that region, else
+    anywhere (the baseline `fleetctl audit` computes savings against)."""
+    if offering.market is Market.ON_DEMAND:
+        return offering.price_per_hour
+    od = [o for o in offerings if o.market is Market.ON_DEMAND]
+    for match in (lambda o: (o.cloud, o.region, o.instance_type) == (offering.cloud, offering.region,
+                                                                     offering.instance_type),
+                  lambda o: (o.cloud, o.region, o.gpu, o.gpu_count) == (offering.cloud, offering.region, offering.gpu,
+                                                                        offering.gpu_count),
+                  lambda o: (o.gpu, o.gpu_count) == (offering.gpu, offering.gpu_count)):
+        prices = [o.price_per_hour for o in od if match(o)]
+        if prices:
+            return min(prices)
+    return None
 
 
 def cooldown_offerings(events: list[tuple[InstanceEvent, Instance]], offerings: list[Offering]) -> frozenset[str]:
