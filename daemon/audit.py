@@ -88,28 +88,56 @@ class PriceBook:
         return None, "none"
 
 
+def catalog_rows(path: str | None = None) -> list[tuple]:
+    """On-demand rows (cloud, region, type, gpu, count, $/h) of an offerings CSV (the format of
+    providers/data/offerings.csv; default: that bundled table). The csv module only: the audit
+    must not pay for importing the provider and its config models."""
+    import csv
+    from importlib import resources
+    from pathlib import Path
+
+    if path is None:
+        text, src = resources.files("providers").joinpath("data/offerings.csv").read_text(), "providers/data/offerings.csv"
+    else:
+        try:
+            text, src = Path(path).read_text(), str(path)
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read prices: {e.strerror}") from None
+    reader = csv.DictReader(text.splitlines())
+    missing = {"cloud", "region", "instance_type", "gpu", "gpu_count", "on_demand"} - set(reader.fieldnames or [])
+    if missing:
+        raise ValueError(f"{src}: missing columns {', '.join(sorted(missing))}")
+    out = []
+    for line, row in enumerate(reader, start=2):
+        try:
+            price, n = float(row["on_demand"]), int(row["gpu_count"])
+        except (TypeError, ValueError):
+            raise ValueError(f"{src}:{line}: on_demand and gpu_count must be numbers") from None
+        if price <= 0:
+            raise ValueError(f"{src}:{line}: on_demand must be positive")
+        out.append((row["cloud"], row["region"], row["instance_type"], row["gpu"], n, price))
+    return out
+
+
 def price_book(r: Reader, prices_file: str | None = None, bundled: bool = True) -> PriceBook:
     """The reference layers: --prices file, this fleet's own on-demand prices, the bundled catalog."""
     book = PriceBook()
     if prices_file:
-        from providers.simulated import load_offerings
-
-        book.add(prices_file, [(o.cloud, o.region, o.instance_type, o.gpu, o.gpu_count, o.price_per_hour)
-                               for o in load_offerings(prices_file) if str(o.market) == "on-demand"])
+        book.add(prices_file, catalog_rows(prices_file))
     book.add("this fleet's on-demand prices", [tuple(x) for x in r.rows(
         "SELECT cloud, region, instance_type, gpu, gpu_count, min(price_per_hour) FROM instances "
         "WHERE market = 'on-demand' GROUP BY cloud, region, instance_type, gpu, gpu_count")])
     if bundled:
-        from providers.simulated import load_offerings
-
-        book.add("bundled catalog", [(o.cloud, o.region, o.instance_type, o.gpu, o.gpu_count, o.price_per_hour)
-                                     for o in load_offerings(None) if str(o.market) == "on-demand"])
+        book.add("bundled catalog", catalog_rows(None))
     return book
 
 
 def _has_column(r: Reader, table: str, column: str) -> bool:
     if r.dialect == "sqlite":
         return any(row[1] == column for row in r.rows(f"PRAGMA table_info({table})"))
+    if r.dialect == "postgresql":
+        return r.one("SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(?) AND attname = ? AND NOT attisdropped",
+                     table, column) is not None
     return r.one("SELECT 1 FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
                  table, column) is not None
 

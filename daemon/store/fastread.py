@@ -62,8 +62,9 @@ class Reader:
     def has_table(self, name: str) -> bool:
         if self.dialect == "sqlite":
             return self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", name) is not None
-        return self.one("SELECT 1 FROM information_schema.tables WHERE table_name = ? AND "
-                        "table_schema = ANY (current_schemas(false))", name) is not None
+        if self.dialect == "postgresql":  # information_schema is slow on PostgreSQL; to_regclass is a lookup
+            return self.one("SELECT to_regclass(?) IS NOT NULL", name)[0]
+        return self.one("SELECT 1 FROM information_schema.tables WHERE table_name = ?", name) is not None
 
     def close(self) -> None:
         try:

@@ -45,6 +45,8 @@ class Decision(Base):
     """One tick: what it saw, forecast, planned, did, and how it ended."""
 
     __tablename__ = "decisions"
+    # Covers `fleetctl audit`'s count of decisions by outcome over a window (a year: 525,600 rows).
+    __table_args__ = (Index("ix_decisions_at_outcome", "at", "outcome"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

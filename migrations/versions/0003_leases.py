@@ -8,6 +8,7 @@ Create Date: 2026-12-01 09:00:00
 - `daemons`: every fleetd on the store, leader or standby, as last seen (fleetctl status).
 - `controls`: operator switches (fleetctl pause|resume), read by the tick at its start.
 - `instances.on_demand_price_per_hour`: the savings baseline of `fleetctl audit`.
+- index `ix_decisions_at_outcome`: the audit's count of decisions by outcome, index-only.
 NOTE for the merge: chained after 0001 on this branch; re-chain after 0002 (down_revision = "0002").
 """
 from alembic import op
@@ -55,9 +56,12 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.add_column(sa.Column("on_demand_price_per_hour", sa.Float(), nullable=True))
+    # fleetctl audit counts decisions by outcome over its window: index-only over a year of ticks.
+    op.create_index("ix_decisions_at_outcome", "decisions", ["at", "outcome"], unique=False)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_decisions_at_outcome", table_name="decisions")
     if op.get_bind().dialect.name == "sqlite":
         # Native DROP COLUMN (SQLite >= 3.35): a batch copy would DROP TABLE instances, which
         # the instance_events foreign keys forbid while PRAGMA foreign_keys is on.
