@@ -273,7 +273,9 @@ class Leadership:
 def _report_row(s: Session, holder: str, role: str, now: datetime, detail: str | None) -> None:
     row = s.get(DaemonRow, holder)
     if row is None:
-        host, pid = holder.split(":")[0], os.getpid()
+        parts = holder.split(":")
+        host = parts[0]
+        pid = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else os.getpid()
         s.add(DaemonRow(holder=holder, hostname=host, pid=pid, role=role, started_at=now, last_seen=now,
                         detail=detail))
     else:
