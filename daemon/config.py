@@ -274,6 +274,51 @@ class SolverConfig(_Model):
     max_upfront_scenarios: Annotated[int, Field(ge=0)] = 64  # zone-loss scenarios per service built at once; more: lazily
 
 
+class MetricsConfig(_Model):
+    """fleetd's Prometheus exporter (daemon/metrics.py): GET http://ADDRESS:PORT/metrics."""
+
+    enabled: bool = True
+    # Loopback by default: the metrics name services, GPU pools and spend. Listen wider
+    # (e.g. "0.0.0.0") only behind a firewall or for a Prometheus on another host.
+    address: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9465
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        import ipaddress
+
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            if not v or any(c in v for c in "/: ") or len(v) > 253:
+                raise ValueError(f"not an IP address or host name: {v!r}") from None
+        return v
+
+
+class LeaderConfig(_Model):
+    """Leader election between fleetd processes on one store (daemon/store/lease.py).
+
+    One daemon holds the lease and acts; the others stand by. The leader renews every
+    `renew_every_s`; a standby tries as often, so it takes over at most
+    `ttl_s + renew_every_s` after the leader died or lost the database.
+    """
+
+    lease_name: Annotated[str, Field(min_length=1, max_length=64)] = "fleetd"  # one lease per fleet
+    ttl_s: PositiveFloat = 30.0
+    renew_every_s: PositiveFloat = 10.0
+    # A provider call is started only with at least this much of the lease left.
+    fence_margin_s: NonNegFloat = 5.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LeaderConfig":
+        if self.renew_every_s > self.ttl_s / 2:
+            raise ValueError("renew_every_s must be at most ttl_s / 2 (a missed renewal must not cost the lease)")
+        if self.fence_margin_s >= self.ttl_s / 2:
+            raise ValueError("fence_margin_s must be below ttl_s / 2")
+        return self
+
+
 class Config(_Model):
     store: StoreConfig = StoreConfig()
     loop: LoopConfig = LoopConfig()
@@ -287,6 +332,8 @@ class Config(_Model):
     profiles: "ProfilesConfig" = Field(default_factory=lambda: ProfilesConfig())
     quotas: list[QuotaConfig] = Field(default_factory=list)
     solver: SolverConfig = SolverConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    leader: LeaderConfig = LeaderConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

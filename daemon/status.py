@@ -1,7 +1,8 @@
-"""Read models for operators: the fleet now, the last decision, recent events; and cost audits.
+"""Read models for operators: the fleet now, who leads, the last decision, events; their text form.
 
-Only SQLAlchemy and the schema are imported here: `fleetctl status` must answer
-in well under a second, so nothing heavy (pandas, pulp, sky) is pulled in.
+Plain SQL over daemon/store/fastread.py (no SQLAlchemy import: `fleetctl status`
+answers in well under half a second, most of it Python's own start). Cost audits
+are in daemon/audit.py, the explanation of one decision in daemon/explain.py.
 """
 
 from __future__ import annotations
@@ -9,136 +10,141 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from datetime import datetime, timezone
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
-
-from daemon.store.schema import Alert, Decision, Instance, InstanceEvent
+from daemon.store.fastread import Reader, bind_ts, js, ts
 
 _BILLABLE = ("provisioning", "running", "draining", "terminating")
 _LIVE = ("requested", "provisioning", "running", "draining", "terminating")
 _NOTABLE = ("preempted", "launch_failed", "no_capacity", "quota", "drift", "orphan", "budget")
+# A daemon not heard of for this long is not listed as running (it reports on every renewal).
+DAEMON_STALE_S = 300.0
 
 
 def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
 
-def fleet_status(s: Session, events: int = 10) -> dict:
-    rows = list(s.scalars(select(Instance).where(Instance.state.in_(_LIVE)).order_by(Instance.service, Instance.id)))
-    instances = [{
-        "id": r.id, "name": r.name, "service": r.service, "cloud": r.cloud, "region": r.region, "zone": r.zone,
-        "instance_type": r.instance_type, "gpu": r.gpu, "gpu_count": r.gpu_count, "market": r.market,
-        "price_per_hour": r.price_per_hour, "state": r.state, "launched_at": _iso(r.launched_at),
-        "ready_at": _iso(r.ready_at), "endpoint": r.endpoint,
-    } for r in rows]
+def _in(values: tuple[str, ...]) -> str:
+    return "(" + ", ".join("?" for _ in values) + ")"
+
+
+def where(cloud: str, region: str, zone: str | None) -> str:
+    """aws/us-east-1a (the zone names its region), azure/westus3/1, lambda/us-east-1."""
+    if zone and zone.startswith(region):
+        return f"{cloud}/{zone}"
+    return f"{cloud}/{region}" + (f"/{zone}" if zone and zone != "-" else "")
+
+
+def leadership(r: Reader, now: datetime | None = None, lease_name: str = "fleetd") -> dict:
+    """Who holds the lease, which daemons stand by, whether the fleet is paused (schema 0003+)."""
+    now = now or datetime.now(timezone.utc)
+    out: dict = {"leader": None, "daemons": [], "paused": None}
+    if r.has_table("leases"):
+        row = r.one("SELECT holder, token, acquired_at, renewed_at, expires_at FROM leases WHERE name = ?", lease_name)
+        if row and row[0]:
+            exp = ts(row[4])
+            out["leader"] = {"holder": row[0], "token": row[1], "since": _iso(ts(row[2])), "renewed_at": _iso(ts(row[3])),
+                             "expires_at": _iso(exp), "live": bool(exp and exp > now)}
+    if r.has_table("daemons"):
+        from datetime import timedelta
+
+        for holder, host, pid, role, last_seen, detail in r.rows(
+                "SELECT holder, hostname, pid, role, last_seen, detail FROM daemons WHERE last_seen >= ? "
+                "AND role <> 'stopped' ORDER BY role, last_seen DESC",
+                bind_ts(r, now - timedelta(seconds=DAEMON_STALE_S))):
+            out["daemons"].append({"holder": holder, "hostname": host, "pid": pid, "role": role,
+                                   "last_seen": _iso(ts(last_seen)), "detail": detail})
+    if r.has_table("controls"):
+        row = r.one("SELECT value, updated_at, updated_by, note FROM controls WHERE name = 'paused'")
+        if row and row[0] == "true":
+            out["paused"] = {"since": _iso(ts(row[1])), "by": row[2], "note": row[3]}
+    return out
+
+
+def fleet_status(r: Reader, events: int = 10, now: datetime | None = None) -> dict:
+    rows = r.rows("SELECT id, name, service, cloud, region, zone, instance_type, gpu, gpu_count, market, price_per_hour, "
+                  f"state, launched_at, ready_at, endpoint FROM instances WHERE state IN {_in(_LIVE)} "
+                  "ORDER BY service, id", *_LIVE)
+    keys = ("id", "name", "service", "cloud", "region", "zone", "instance_type", "gpu", "gpu_count", "market",
+            "price_per_hour", "state", "launched_at", "ready_at", "endpoint")
+    instances = []
+    for row in rows:
+        d = dict(zip(keys, row))
+        d["launched_at"], d["ready_at"] = _iso(ts(d["launched_at"])), _iso(ts(d["ready_at"]))
+        instances.append(d)
     groups: dict[tuple, dict] = {}
-    for r in rows:
-        key = (r.service, r.cloud, r.region, r.zone or "-", r.instance_type, r.gpu, r.market, r.state)
-        g = groups.setdefault(key, {"service": r.service, "cloud": r.cloud, "region": r.region, "zone": r.zone,
-                                    "instance_type": r.instance_type, "gpu": r.gpu, "market": r.market,
-                                    "state": r.state, "count": 0, "cost_per_hour_usd": 0.0})
+    for i in instances:
+        key = (i["service"], i["cloud"], i["region"], i["zone"] or "-", i["instance_type"], i["gpu"], i["gpu_count"],
+               i["market"], i["state"])
+        g = groups.setdefault(key, {"service": i["service"], "cloud": i["cloud"], "region": i["region"],
+                                    "zone": i["zone"], "instance_type": i["instance_type"], "gpu": i["gpu"],
+                                    "gpu_count": i["gpu_count"], "market": i["market"], "state": i["state"],
+                                    "count": 0, "cost_per_hour_usd": 0.0})
         g["count"] += 1
-        if r.state in _BILLABLE:
-            g["cost_per_hour_usd"] = round(g["cost_per_hour_usd"] + r.price_per_hour, 4)
-    cost = sum(r.price_per_hour for r in rows if r.state in _BILLABLE)
+        if i["state"] in _BILLABLE:
+            g["cost_per_hour_usd"] = round(g["cost_per_hour_usd"] + i["price_per_hour"], 4)
+    cost = sum(i["price_per_hour"] for i in instances if i["state"] in _BILLABLE)
     endpoints: dict[str, list[str]] = defaultdict(list)
-    for r in rows:
-        if r.state == "running" and r.endpoint:
-            endpoints[f"{r.service}/{r.gpu}x{r.gpu_count}"].append(r.endpoint)
-    d = s.scalars(select(Decision).order_by(Decision.id.desc()).limit(1)).first()
+    for i in instances:
+        if i["state"] == "running" and i["endpoint"]:
+            endpoints[f"{i['service']}/{i['gpu']}x{i['gpu_count']}"].append(i["endpoint"])
+    d = r.one("SELECT id, at, outcome, plan_status, solver, forecast_rps, observed_rps, planned_cost_per_hour, launches, "
+              "terminations, error, actions, plan, forecast FROM decisions ORDER BY id DESC LIMIT 1")
     last = None
     if d is not None:
-        acts = Counter((a.get("kind"), a.get("reason")) for a in (d.actions or []))
+        actions, plan, forecast = js(d[11]) or [], js(d[12]) or {}, js(d[13]) or {}
+        acts = Counter((a.get("kind"), a.get("reason")) for a in actions)
         last = {
-            "id": d.id, "at": _iso(d.at), "outcome": d.outcome, "plan_status": d.plan_status, "solver": d.solver,
-            "forecast_rps": d.forecast_rps, "observed_rps": d.observed_rps,
-            "planned_cost_per_hour_usd": d.planned_cost_per_hour, "launches": d.launches,
-            "terminations": d.terminations, "error": d.error,
-            "actions": [{"kind": k, "reason": r, "count": n} for (k, r), n in sorted(acts.items())],
-            "targets": (d.plan or {}).get("targets", []), "notes": (d.plan or {}).get("notes", []),
-            "forecast": {k: {"rate_rps": v.get("rate_rps"), "method": v.get("method")}
-                         for k, v in (d.forecast or {}).items()},
+            "id": d[0], "at": _iso(ts(d[1])), "outcome": d[2], "plan_status": d[3], "solver": d[4],
+            "forecast_rps": d[5], "observed_rps": d[6], "planned_cost_per_hour_usd": d[7], "launches": d[8],
+            "terminations": d[9], "error": d[10],
+            "actions": [{"kind": k, "reason": rs, "count": n} for (k, rs), n in sorted(acts.items(), key=str)],
+            "targets": plan.get("targets", []), "notes": plan.get("notes", []),
+            "forecast": {k: {"rate_rps": v.get("rate_rps"), "method": v.get("method")} for k, v in forecast.items()},
         }
-    ev_rows = s.execute(
-        select(InstanceEvent, Instance).join(Instance, Instance.id == InstanceEvent.instance_id)
-        .where(InstanceEvent.reason.in_(_NOTABLE)).order_by(InstanceEvent.at.desc(), InstanceEvent.id.desc())
-        .limit(events)).all()
-    recent = [{"at": _iso(e.at), "instance": i.name, "service": i.service, "from": e.from_state, "to": e.to_state,
-               "reason": e.reason, "zone": "/".join([i.cloud, i.region, i.zone or "-"]), "market": i.market,
-               "detail": e.detail} for e, i in ev_rows]
-    alerts = [{"at": _iso(a.at), "severity": a.severity, "kind": a.kind, "message": a.message}
-              for a in s.scalars(select(Alert).order_by(Alert.id.desc()).limit(5))]
+    recent = [{"at": _iso(ts(at)), "instance": name, "service": svc, "from": frm, "to": to, "reason": reason,
+               "zone": "/".join([cloud, region, zone or "-"]), "where": where(cloud, region, zone), "market": market,
+               "detail": detail}
+              for at, name, svc, frm, to, reason, cloud, region, zone, market, detail in r.rows(
+                  "SELECT e.at, i.name, i.service, e.from_state, e.to_state, e.reason, i.cloud, i.region, i.zone, "
+                  "i.market, e.detail FROM instance_events e JOIN instances i ON i.id = e.instance_id "
+                  f"WHERE e.reason IN {_in(_NOTABLE)} ORDER BY e.at DESC, e.id DESC LIMIT ?", *_NOTABLE, events)]
+    alerts = [{"at": _iso(ts(at)), "severity": sev, "kind": kind, "message": msg}
+              for at, sev, kind, msg in r.rows("SELECT at, severity, kind, message FROM alerts ORDER BY id DESC LIMIT 5")]
+    n_decisions = r.one("SELECT count(*) FROM decisions")[0]
     return {"instances": instances, "groups": list(groups.values()), "cost_per_hour_usd": round(cost, 4),
             "last_decision": last, "recent_events": recent, "alerts": alerts, "endpoints": dict(endpoints),
-            "decisions": s.scalar(select(func.count()).select_from(Decision))}
+            "decisions": n_decisions, **leadership(r, now)}
 
 
-def audit(s: Session, since: datetime | None = None, until: datetime | None = None,
-          by: tuple[str, ...] = ("service", "gpu", "market")) -> dict:
-    """Cost and instance-hours grouped by plain columns, from the price stored at launch.
-
-    The window defaults to everything recorded; an instance still billing is
-    counted up to `until` (default: the latest decision time, so a replay's
-    virtual clock, not today's date, ends the window).
-    """
-    allowed = {"service", "cloud", "region", "zone", "gpu", "market", "instance_type"}
-    bad = [b for b in by if b not in allowed]
-    if bad:
-        raise ValueError(f"cannot group by {bad}; allowed: {sorted(allowed)}")
-    if until is None:
-        until = s.scalar(select(func.max(Decision.at))) or datetime.now(timezone.utc)
-    rows = list(s.scalars(select(Instance).where(Instance.launched_at.is_not(None))))
-    groups: dict[tuple, dict] = {}
-    total = 0.0
-    for r in rows:
-        a = max(r.launched_at, since) if since else r.launched_at
-        b = min(r.ended_at or until, until)
-        if b <= a:
-            continue
-        h = (b - a).total_seconds() / 3600.0
-        key = tuple(getattr(r, k) or "-" for k in by)
-        g = groups.setdefault(key, {**dict(zip(by, key)), "instances": 0, "instance_hours": 0.0, "cost_usd": 0.0})
-        g["instances"] += 1
-        g["instance_hours"] += h
-        g["cost_usd"] += h * r.price_per_hour
-        total += h * r.price_per_hour
-    out_groups = sorted(({**g, "instance_hours": round(g["instance_hours"], 4), "cost_usd": round(g["cost_usd"], 4)}
-                         for g in groups.values()), key=lambda g: -g["cost_usd"])
-    q = select(InstanceEvent.reason, func.count()).group_by(InstanceEvent.reason)
-    if since:
-        q = q.where(InstanceEvent.at >= since)
-    reasons = {r: n for r, n in s.execute(q)}
-    pz = (select(Instance.cloud, Instance.region, Instance.zone, func.count())
-          .join(InstanceEvent, InstanceEvent.instance_id == Instance.id)
-          .where(InstanceEvent.reason == "preempted").group_by(Instance.cloud, Instance.region, Instance.zone))
-    if since:
-        pz = pz.where(InstanceEvent.at >= since)
-    preemptions = [{"zone": "/".join([c, r, z or "-"]), "count": n} for c, r, z, n in s.execute(pz)]
-    return {"since": _iso(since), "until": _iso(until), "group_by": list(by), "total_cost_usd": round(total, 4),
-            "groups": out_groups, "events_by_reason": reasons, "preemptions_by_zone": preemptions}
-
-
-def forecast_history(s: Session, cfg, service: str):
-    """(history windows, recorded forecasts) of a service, for `fleetctl forecast show --service`.
-
-    Raises LookupError when there is nothing to show.
-    """
-    from datetime import timedelta
-
-    from daemon.domain import DemandForecast
-    from daemon.store.repo import Store
-
-    last = s.scalar(select(Decision.at).order_by(Decision.id.desc()).limit(1))
-    if last is None:
-        raise LookupError("no decision recorded yet: nothing to show")
-    history = Store.demand_history(s, service, cfg.buckets.grid(), last - timedelta(seconds=cfg.loop.history_s))
-    if not history:
-        raise LookupError(f"no demand recorded for service {service!r}")
-    forecasts = []
-    for at, fc in s.execute(select(Decision.at, Decision.forecast).order_by(Decision.id.desc()).limit(500)):
-        f = (fc or {}).get(service)
-        if f:
-            forecasts.append(DemandForecast(service, at, f["horizon_s"], f["rate_rps"],
-                                            tuple(tuple(r) for r in f.get("mix", [])), f["method"],
-                                            f.get("quantile", 0.5), f.get("details", {})))
-    return history, list(reversed(forecasts))
+def list_events(r: Reader, since: datetime | None = None, until: datetime | None = None,
+                reasons: tuple[str, ...] = (), instance: str | None = None, service: str | None = None,
+                limit: int = 50) -> list[dict]:
+    """Lifecycle events, oldest first; with `limit`, the latest `limit` of those that match."""
+    cond, params = [], []
+    if since is not None:
+        cond.append("e.at >= ?")
+        params.append(bind_ts(r, since))
+    if until is not None:
+        cond.append("e.at < ?")
+        params.append(bind_ts(r, until))
+    if reasons:
+        cond.append(f"e.reason IN {_in(reasons)}")
+        params += list(reasons)
+    if instance:
+        cond.append("(i.id = ? OR i.name = ?)")
+        params += [instance, instance]
+    if service:
+        cond.append("i.service = ?")
+        params.append(service)
+    sql = ("SELECT e.id, e.at, i.id, i.name, i.service, e.from_state, e.to_state, e.reason, e.detail, e.decision_id, "
+           "i.cloud, i.region, i.zone, i.gpu, i.gpu_count, i.market FROM instance_events e "
+           "JOIN instances i ON i.id = e.instance_id" + (" WHERE " + " AND ".join(cond) if cond else "")
+           + " ORDER BY e.at DESC, e.id DESC" + (" LIMIT ?" if limit else ""))
+    if limit:
+        params.append(limit)
+    out = [{"id": eid, "at": _iso(ts(at)), "instance_id": iid, "instance": name, "service": svc, "from": frm,
+            "to": to, "reason": reason, "detail": detail, "decision_id": did, "where": where(cloud, region, zone),
+            "pool": f"{gpu}x{n}", "market": market}
+           for eid, at, iid, name, svc, frm, to, reason, detail, did, cloud, region, zone, gpu, n, market
+           in r.rows(sql, *params)]
+    return list(reversed(out))

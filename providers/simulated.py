@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import math
 import random
 import zlib
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from daemon.config import SimulatedProviderConfig
+from daemon.private import write_private_atomic
 from daemon.domain import Market, Offering
 from providers.base import (
     FailureKind, InstanceStatus, LaunchError, LaunchRequest, OfferingsSnapshot, ProviderInstance,
@@ -229,9 +229,8 @@ class SimulatedProvider:
                 "failure": str(i.failure) if i.failure else None, "detail": i.detail,
             } for i in self._instances.values()],
         }
-        tmp = self._state_path.with_suffix(self._state_path.suffix + ".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, self._state_path)  # atomic: a crash leaves the old state or the new one
+        # Atomic (a crash leaves the old state or the new one) and 0600: it lists the fleet's machines.
+        write_private_atomic(self._state_path, json.dumps(doc))
 
     def _load_state(self) -> None:
         try:

@@ -4,6 +4,9 @@ from pathlib import Path
 
 import pytest
 
+# A throwaway PostgreSQL server for the store tests (started as root, skipped elsewhere).
+pytest_plugins = ["tests.pg_support"]
+
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
 os.environ.setdefault("NO_GCE_CHECK", "True")
 
@@ -23,8 +26,16 @@ def need(path: Path) -> Path:
 
 
 @pytest.fixture
-def db_url(tmp_path):
+def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'fleet.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """Every test that uses the store runs against SQLite and a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 @pytest.fixture

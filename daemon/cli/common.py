@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn, Optional
 
@@ -32,6 +33,29 @@ def db_url(db: Optional[str], config: Optional[Path]) -> str:
     return os.environ.get("FLEET_DB", "sqlite:///fleet.db")
 
 
+def mask_url(url: str) -> str:
+    from daemon.redact import mask_url as mask
+
+    return mask(url)
+
+
+@contextmanager
+def db_errors(url: str):
+    """A database that cannot be reached or read: one clear line naming it, password masked."""
+    try:
+        yield
+    except Exception as e:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(e, SQLAlchemyError):
+            raise
+        from daemon.redact import redact, url_secrets
+
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()
+        fail(f"{mask_url(url)}: {type(getattr(e, 'orig', None) or e).__name__}: "
+             f"{redact(first[0] if first else '', url_secrets(url))}")
+
+
 def open_existing(url: str):
     """Open a database for reading; refuse clearly when it is missing or not migrated."""
     from sqlalchemy.engine import make_url
@@ -43,6 +67,8 @@ def open_existing(url: str):
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" and not Path(u.database).exists():
         fail(f"no database at {u.database} (run `fleetctl simulate` or start fleetd first, or pass --db)")
     store = Store.open(url)
-    if current_revision(store.engine) is None:
-        fail(f"{url}: no fleet schema in this database (run `fleetctl db upgrade --db {url}`)")
+    with db_errors(url):
+        revision = current_revision(store.engine)
+    if revision is None:
+        fail(f"{mask_url(url)}: no fleet schema in this database (run `fleetctl db upgrade --db URL`)")
     return store

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -43,9 +44,11 @@ _register_subcommands()
 DEFAULT_SIM_DB = "sqlite:///simulation.db"
 
 
+from daemon.cli.common import db_errors as _db_errors  # noqa: E402
 from daemon.cli.common import db_url as _db_url  # noqa: E402
 from daemon.cli.common import fail as _fail  # noqa: E402
 from daemon.cli.common import load_config_or_fail as _load_config  # noqa: E402
+from daemon.cli.common import mask_url  # noqa: E402
 from daemon.cli.common import open_existing as _open_existing  # noqa: E402
 
 
@@ -53,7 +56,8 @@ from daemon.cli.common import open_existing as _open_existing  # noqa: E402
 def config_check(file: Path = typer.Argument(..., help="TOML configuration file")) -> None:
     """Validate a configuration file; errors name the key path and the allowed values."""
     cfg = _load_config(file)
-    typer.echo(f"{file}: ok ({len(cfg.services)} service(s), provider {cfg.provider.kind}, store {cfg.store.url})")
+    typer.echo(f"{file}: ok ({len(cfg.services)} service(s), provider {cfg.provider.kind}, "
+               f"store {mask_url(cfg.store.url)})")
 
 
 @db_app.command("upgrade")
@@ -64,8 +68,9 @@ def db_upgrade(db: Optional[str] = typer.Option(None, help="database URL"),
     from daemon.store.repo import Store
 
     url = _db_url(db, config)
-    before, after = upgrade(Store.open(url).engine)
-    typer.echo(f"{url}: {before or 'empty'} -> {after}")
+    with _db_errors(url):
+        before, after = upgrade(Store.open(url).engine)
+    typer.echo(f"{mask_url(url)}: {before or 'empty'} -> {after}")
 
 
 @db_app.command("current")
@@ -75,7 +80,9 @@ def db_current(db: Optional[str] = typer.Option(None), config: Optional[Path] = 
     from daemon.store.repo import Store
 
     url = _db_url(db, config)
-    typer.echo(f"{url}: at {current_revision(Store.open(url).engine) or 'nothing'}, head {head_revision()}")
+    with _db_errors(url):
+        at = current_revision(Store.open(url).engine)
+    typer.echo(f"{mask_url(url)}: at {at or 'nothing'}, head {head_revision()}")
 
 
 @app.command()
@@ -143,7 +150,10 @@ def simulate(
         try:
             summary = run_sim(cfg, workload, url, warmup_s=warmup_s, progress=on_progress).as_dict()
         except ValueError as e:
-            _fail(str(e))
+            from daemon.redact import redact, url_secrets
+
+            _fail(redact(str(e), url_secrets(url)))
+    summary = {**summary, "db": mask_url(summary["db"])}
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -171,99 +181,240 @@ def _print_summary(summary: dict) -> None:
     c.print(f"wall time           {summary['wall_seconds']} s    database {summary['db']}")
     for pool, src in summary.get("capacity_sources", {}).items():
         c.print(f"capacity {pool}: {src.split(' (')[0]}")
-    c.print(f"next: fleetctl status --db {summary['db']}   |   fleetctl audit --db {summary['db']}")
+    hint = summary["db"] if "***" not in summary["db"] else "URL"
+    c.print(f"next: fleetctl status --db {hint}   |   fleetctl audit --db {hint}")
 
 
 @app.command()
 def status(db: Optional[str] = typer.Option(None, help="database URL (default: FLEET_DB or sqlite:///fleet.db)"),
            config: Optional[Path] = typer.Option(None, help="config file (for store.url)"),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """The fleet now: instances by offering and state, $/h, the last decision, recent events."""
+    """The fleet now: instances by pool and state, $/h, leader or standby, the last decision, recent events."""
+    from daemon.cli.render import render_status
     from daemon.status import fleet_status
 
-    store = _open_existing(_db_url(db, config))
-    with store.session() as s:
-        st = fleet_status(s)
+    with _reader(_db_url(db, config)) as r:
+        st = fleet_status(r)
     if as_json:
         typer.echo(json.dumps(st))
         return
-    _print_status(st)
+    from daemon.cli.table import terminal_width
+
+    typer.echo(render_status(st, terminal_width()))
 
 
-def _print_status(st: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _reader(url: str):
+    """A read-only store connection without SQLAlchemy (daemon/store/fastread.py): fast to start."""
+    from daemon.store.fastread import StoreUnavailable, open_reader
 
-    c = Console()
-    t = Table(title=f"Fleet: {len(st['instances'])} instance(s), ${st['cost_per_hour_usd']:.2f}/h now",
-              header_style="bold")
-    for col in ("service", "cloud", "region", "zone", "type", "gpu", "market", "state", "n", "$/h"):
-        t.add_column(col, justify="right" if col in ("n", "$/h") else "left")
-    for g in st["groups"]:
-        t.add_row(g["service"], g["cloud"], g["region"], g["zone"] or "-", g["instance_type"], g["gpu"],
-                  g["market"], g["state"], str(g["count"]), f"{g['cost_per_hour_usd']:.2f}")
-    c.print(t)
-    d = st["last_decision"]
-    if d:
-        c.print(f"[bold]Last decision[/bold] #{d['id']} at {d['at']}: {d['outcome']}, plan {d['plan_status']} "
-                f"({d['solver']}), planned ${d['planned_cost_per_hour_usd'] or 0:.2f}/h")
-        for svc, f in d["forecast"].items():
-            c.print(f"  forecast {svc}: {f['rate_rps']} req/s ({f['method']})")
-        for a in d["actions"]:
-            c.print(f"  {a['kind']} x{a['count']} ({a['reason']})")
-        for n in d["notes"]:
-            c.print(f"  note: {n}")
-        if d["error"]:
-            c.print(f"  [red]error:[/red] {d['error']}")
-    else:
-        c.print("No decision recorded yet.")
-    if st["recent_events"]:
-        t = Table(title="Recent events", header_style="bold")
-        for col in ("at", "instance", "zone", "market", "from -> to", "reason"):
-            t.add_column(col)
-        for e in st["recent_events"]:
-            t.add_row(e["at"][:19], e["instance"], e["zone"], e["market"], f"{e['from']} -> {e['to']}", e["reason"])
-        c.print(t)
-    for a in st["alerts"]:
-        c.print(f"[yellow]alert[/yellow] {a['at'][:19]} {a['severity']} {a['kind']}: {a['message']}")
+    try:
+        return open_reader(url)
+    except StoreUnavailable as e:
+        _fail(str(e))
+
+
+def _utc(d: Optional[datetime]) -> Optional[datetime]:
+    return d.replace(tzinfo=timezone.utc) if d is not None and d.tzinfo is None else d
 
 
 @app.command()
-def audit(db: Optional[str] = typer.Option(None), config: Optional[Path] = typer.Option(None),
+def audit(db: Optional[str] = typer.Option(None, help="database URL (default: FLEET_DB or sqlite:///fleet.db)"),
+          config: Optional[Path] = typer.Option(None, help="config file (for store.url)"),
           since: Optional[datetime] = typer.Option(None, help="start of the window (ISO 8601, UTC)"),
-          until: Optional[datetime] = typer.Option(None, help="end of the window (ISO 8601, UTC)"),
-          by: str = typer.Option("service,gpu,market", help="comma-separated: service,cloud,region,zone,gpu,market,instance_type"),
-          as_json: bool = typer.Option(False, "--json")) -> None:
-    """Cost questions afterwards: spend and instance-hours grouped by plain columns, events by reason."""
-    from daemon.status import audit as run_audit
+          until: Optional[datetime] = typer.Option(None, help="end of the window (default: the last decision)"),
+          by: str = typer.Option("service,gpu,market", help="comma-separated: service,cloud,region,zone,gpu,market,"
+                                 "instance_type,state,reason,launch_reason"),
+          fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+          as_json: bool = typer.Option(False, "--json", help="same as --format json"),
+          prices: Optional[Path] = typer.Option(None, help="on-demand reference prices (offerings CSV format) for "
+                                                "the savings baseline")) -> None:
+    """Spend and instance-hours from lifecycle intervals x the price in effect; preemptions and the
+    capacity-hours they cost; savings against an all-on-demand fleet of the same shape."""
+    from daemon.audit import METRIC_COLUMNS, audit as run_audit, price_book
 
-    def utc(d):
-        return d.replace(tzinfo=timezone.utc) if d and d.tzinfo is None else d
-
-    store = _open_existing(_db_url(db, config))
-    with store.session() as s:
+    fmt = "json" if as_json else fmt
+    if fmt not in ("table", "csv", "json"):
+        _fail(f"--format {fmt!r}: choose table, csv or json")
+    if prices is not None and not prices.is_file():
+        _fail(f"--prices {prices}: no such file")
+    with _reader(_db_url(db, config)) as r:
         try:
-            rep = run_audit(s, utc(since), utc(until), tuple(x.strip() for x in by.split(",") if x.strip()))
+            book = price_book(r, str(prices) if prices else None)
+            rep = run_audit(r, _utc(since), _utc(until), tuple(x.strip() for x in by.split(",") if x.strip()), book)
         except ValueError as e:
             _fail(str(e))
-    if as_json:
+    if fmt == "json":
         typer.echo(json.dumps(rep))
         return
-    from rich.console import Console
-    from rich.table import Table
+    cols = rep["group_by"] + list(METRIC_COLUMNS)
+    if fmt == "csv":
+        import csv
 
-    c = Console()
-    t = Table(title=f"Cost ${rep['total_cost_usd']:.2f} ({rep['since'] or 'start'} .. {rep['until']})",
-              header_style="bold")
-    for col in rep["group_by"] + ["instances", "instance-hours", "cost $"]:
-        t.add_column(col)
-    for g in rep["groups"]:
-        t.add_row(*[str(g[k]) for k in rep["group_by"]], str(g["instances"]), f"{g['instance_hours']:.2f}",
-                  f"{g['cost_usd']:.2f}")
-    c.print(t)
-    c.print("events by reason: " + ", ".join(f"{k} {v}" for k, v in sorted(rep["events_by_reason"].items())))
-    if rep["preemptions_by_zone"]:
-        c.print("preemptions by zone: " + ", ".join(f"{p['zone']} {p['count']}" for p in rep["preemptions_by_zone"]))
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        w.writerow(cols)
+        for g in rep["groups"]:
+            w.writerow([g[c] for c in cols])
+        return
+    from daemon.cli.table import render, terminal_width
+
+    t = rep["totals"]
+    width = terminal_width()
+    rows = [[str(g[k]) for k in rep["group_by"]] + [f"{g['instance_hours']:.1f}", f"{g['cost_usd']:.2f}",
+                                                     f"{g['savings_usd']:.2f}", str(g["preemptions"]),
+                                                     f"{g['capacity_hours_lost']:.2f}"] for g in rep["groups"]]
+    head = [k.upper() for k in rep["group_by"]] + ["INST-H", "COST $", "SAVED $", "PREEMPT", "LOST-H"]
+    n = len(rep["group_by"])
+    import textwrap
+
+    def say(text: str) -> None:
+        typer.echo(textwrap.fill(text, width=width, subsequent_indent="    ", break_long_words=False,
+                                 break_on_hyphens=False))
+
+    say(f"{rep['since'] or 'start'} .. {rep['until']}: ${t['cost_usd']:.2f} for {t['instance_hours']:.1f} "
+        f"instance-hours ({t['gpu_hours']:.1f} GPU-hours); all on demand ${t['on_demand_cost_usd']:.2f}, "
+        f"saved ${t['savings_usd']:.2f} ({t['savings_pct']:.1f}%)")
+    typer.echo(render(head, rows, width, right=set(range(n, n + 5)), split=n))
+    say(f"preemptions {t['preemptions']} ({t['not_replaced']} not replaced within "
+        f"{rep['replacement_window_s'] / 60:.0f} min), capacity lost {t['capacity_hours_lost']:.2f} "
+        f"instance-hours ({t['gpu_hours_lost']:.2f} GPU-hours)")
+    say("events by reason: " + ", ".join(f"{k} {v}" for k, v in rep["events_by_reason"].items()))
+    say("decisions: " + (", ".join(f"{k} {v}" for k, v in rep["decisions_by_outcome"].items()) or "none"))
+    say("savings baseline: " + "; ".join(f"{k}: {v}" for k, v in rep["reference_prices"].items()))
+
+
+@app.command()
+def events(db: Optional[str] = typer.Option(None, help="database URL (default: FLEET_DB or sqlite:///fleet.db)"),
+           config: Optional[Path] = typer.Option(None, help="config file (for store.url)"),
+           since: Optional[datetime] = typer.Option(None, help="from this time (ISO 8601, UTC)"),
+           until: Optional[datetime] = typer.Option(None, help="before this time (ISO 8601, UTC)"),
+           reason: Optional[str] = typer.Option(None, help="comma-separated reasons, e.g. preempted,launch_failed"),
+           instance: Optional[str] = typer.Option(None, help="one instance, by id or provider name"),
+           service: Optional[str] = typer.Option(None, help="one service"),
+           limit: int = typer.Option(50, help="the latest N matching events (0: all)"),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Lifecycle events (every state change of every instance, with its reason), oldest first."""
+    from daemon.lifecycle import Reason
+    from daemon.cli.render import render_events
+    from daemon.status import list_events
+
+    reasons = tuple(x.strip() for x in (reason or "").split(",") if x.strip())
+    unknown = [x for x in reasons if x not in {str(r) for r in Reason}]
+    if unknown:
+        _fail(f"--reason {', '.join(unknown)}: unknown; choose from {', '.join(str(r) for r in Reason)}")
+    if limit < 0:
+        _fail("--limit must be 0 (all) or more")
+    with _reader(_db_url(db, config)) as r:
+        evs = list_events(r, _utc(since), _utc(until), reasons, instance, service, limit)
+    if instance and not evs:
+        _fail(f"no events for instance {instance!r} (an id like chat-000012 or a name like fleet-chat-000012)", 1)
+    if as_json:
+        typer.echo(json.dumps(evs))
+        return
+    from daemon.cli.table import terminal_width
+
+    typer.echo(render_events(evs, terminal_width()) if evs else "No matching events.")
+
+
+decisions_app = typer.Typer(help="Decisions: one per tick, with what it saw, planned and did.", no_args_is_help=True)
+app.add_typer(decisions_app, name="decisions")
+
+
+@decisions_app.command("show")
+def decisions_show(decision_id: int = typer.Argument(..., help="decision id (fleetctl status shows the last)"),
+                   db: Optional[str] = typer.Option(None, help="database URL"),
+                   config: Optional[Path] = typer.Option(None, help="config file (for store.url)"),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """Explain one decision in words: inputs, forecast, plan, binding limits, actions, outcome."""
+    from daemon.explain import DecisionNotFound, explain, render
+
+    with _reader(_db_url(db, config)) as r:
+        try:
+            doc = explain(r, decision_id)
+        except DecisionNotFound as e:
+            _fail(str(e), 1)
+    if as_json:
+        typer.echo(json.dumps(doc))
+        return
+    from daemon.cli.table import terminal_width
+
+    typer.echo(render(doc, terminal_width()))
+
+
+@decisions_app.command("list")
+def decisions_list(db: Optional[str] = typer.Option(None, help="database URL"),
+                   config: Optional[Path] = typer.Option(None, help="config file (for store.url)"),
+                   since: Optional[datetime] = typer.Option(None, help="from this time (ISO 8601, UTC)"),
+                   outcome: Optional[str] = typer.Option(None, help="applied, dry_run, paused, failed, interrupted"),
+                   limit: int = typer.Option(20, help="the latest N (0: all)"),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
+    """The latest decisions, one line each."""
+    from daemon.store.fastread import bind_ts, ts
+
+    with _reader(_db_url(db, config)) as r:
+        cond, params = [], []
+        if since is not None:
+            cond.append("at >= ?")
+            params.append(bind_ts(r, _utc(since)))
+        if outcome:
+            cond.append("outcome = ?")
+            params.append(outcome)
+        rows = r.rows("SELECT id, at, outcome, plan_status, planned_cost_per_hour, fleet_cost_per_hour, launches, "
+                      "terminations FROM decisions" + (" WHERE " + " AND ".join(cond) if cond else "")
+                      + " ORDER BY id DESC" + (" LIMIT ?" if limit else ""), *params, *([limit] if limit else []))
+    out = [{"id": i, "at": ts(at).isoformat(), "outcome": o, "plan_status": p, "planned_cost_per_hour_usd": pc,
+            "fleet_cost_per_hour_usd": fc, "launches": la, "terminations": te}
+           for i, at, o, p, pc, fc, la, te in reversed(rows)]
+    if as_json:
+        typer.echo(json.dumps(out))
+        return
+    from daemon.cli.table import render, terminal_width
+
+    typer.echo(render(["ID", "AT", "OUTCOME", "PLAN", "PLANNED $/H", "FLEET $/H", "LAUNCH", "TERM"],
+                      [[str(d["id"]), d["at"][:19].replace("T", " "), d["outcome"], str(d["plan_status"]),
+                        f"{d['planned_cost_per_hour_usd'] or 0:.2f}", f"{d['fleet_cost_per_hour_usd'] or 0:.2f}",
+                        str(d["launches"]), str(d["terminations"])] for d in out], terminal_width(),
+                      right={0, 4, 5, 6, 7}))
+
+
+def _set_paused(paused: bool, db: Optional[str], config: Optional[Path], note: Optional[str]) -> None:
+    import getpass
+    import socket
+
+    from daemon.store.repo import Store
+
+    url = _db_url(db, config)
+    store = _open_existing(url)
+    with _db_errors(url):
+        from sqlalchemy import inspect
+
+        if "controls" not in inspect(store.engine).get_table_names():
+            _fail(f"{mask_url(url)}: this schema has no controls table yet (run `fleetctl db upgrade --db URL`)")
+        with store.session() as s:
+            try:
+                who = f"{getpass.getuser()}@{socket.gethostname()}"
+            except Exception:
+                who = socket.gethostname()
+            before = Store.set_paused(s, paused, datetime.now(timezone.utc), who, note)
+    if paused:
+        typer.echo(("already paused; note updated" if before else "paused")
+                   + ": fleetd plans and records but stops acting from its next tick (fleetctl resume to undo)")
+    else:
+        typer.echo("resumed: fleetd acts again from its next tick" if before else "was not paused; nothing to do")
+
+
+@app.command()
+def pause(db: Optional[str] = typer.Option(None, help="database URL"),
+          config: Optional[Path] = typer.Option(None, help="config file (for store.url)"),
+          note: Optional[str] = typer.Option(None, help="why (shown by fleetctl status)")) -> None:
+    """Stop acting on the fleet (no launches, drains or terminations); instances stay as they are."""
+    _set_paused(True, db, config, note)
+
+
+@app.command()
+def resume(db: Optional[str] = typer.Option(None, help="database URL"),
+           config: Optional[Path] = typer.Option(None, help="config file (for store.url)")) -> None:
+    """Undo `fleetctl pause`: the daemon acts again from its next tick."""
+    _set_paused(False, db, config, None)
 
 
 def main() -> None:

@@ -201,13 +201,13 @@ def _store_history(service: str):
     import os
 
     from daemon.cli.common import fail, load_config_or_fail, open_existing
-    from daemon.status import forecast_history
+    from daemon.store.repo import Store
 
     cfg = load_config_or_fail(Path(os.environ["FLEET_CONFIG"]) if os.environ.get("FLEET_CONFIG") else None)
     store = open_existing(os.environ.get("FLEET_DB", cfg.store.url))
     with store.session() as s:
         try:
-            return forecast_history(s, cfg, service)
+            return Store.forecast_history(s, service, cfg.buckets.grid(), cfg.loop.history_s)
         except LookupError as e:
             fail(str(e))
 

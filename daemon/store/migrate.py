@@ -10,6 +10,8 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from daemon.private import open_private
+
 
 class SchemaError(Exception):
     """The database schema is not at the version this program needs."""
@@ -52,7 +54,7 @@ def _migration_lock(engine: Engine):
             return
         lock_path = f"{db}.migrate.lock"
         Path(lock_path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        fd = open_private(lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -82,6 +84,22 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
         return before, current_revision(engine) or ""
+
+
+def downgrade(engine: Engine, revision: str) -> tuple[str | None, str | None]:
+    """Take the schema back to `revision` ("base": nothing left); returns (before, after).
+
+    For an operator rolling back a release: each migration's downgrade() undoes it.
+    """
+    from alembic import command
+
+    with _migration_lock(engine):
+        before = current_revision(engine)
+        cfg = _alembic_config(str(engine.url.render_as_string(hide_password=False)))
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, revision)
+        return before, current_revision(engine)
 
 
 def ensure_current(engine: Engine, auto_upgrade: bool) -> None:

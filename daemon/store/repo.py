@@ -17,8 +17,9 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 from daemon.domain import BucketGrid, DemandWindow, FleetInstance, Market, Offering
+from daemon.private import create_private
 from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State, check_transition
-from daemon.store.schema import Alert, Decision, DemandCursor, DemandWindowRow, Instance, InstanceEvent
+from daemon.store.schema import Alert, Control, Decision, DemandCursor, DemandWindowRow, Instance, InstanceEvent
 
 
 def make_engine(url: str, durable: bool = True) -> Engine:
@@ -32,6 +33,13 @@ def make_engine(url: str, durable: bool = True) -> Engine:
             engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
             engine = create_engine(url, connect_args={"timeout": 30})
+
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
+            @event.listens_for(engine, "do_connect")
+            def _private_file(_dialect, _rec, _cargs, _cparams):
+                # Before SQLite opens (and would create) the file: create it 0600 ourselves.
+                # Its -wal/-shm/-journal files take the database file's mode.
+                create_private(u.database)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):  # WAL: `fleetctl status` reads while fleetd writes
@@ -154,8 +162,12 @@ class Store:
 
     @staticmethod
     def create_instance(s: Session, *, instance_id: str, name: str, service: str, provider: str,
-                        offering: Offering, at: datetime, reason: Reason, decision_id: int | None) -> Instance:
+                        offering: Offering, at: datetime, reason: Reason, decision_id: int | None,
+                        on_demand_price: float | None = None) -> Instance:
+        """`on_demand_price`: what the same shape costs on demand now (`on_demand_reference`), the
+        audit's savings baseline; None when unknown (the audit then looks it up)."""
         row = Instance(
+            on_demand_price_per_hour=on_demand_price,
             id=instance_id, name=name, service=service, provider=provider, cloud=offering.cloud,
             region=offering.region, zone=offering.zone, instance_type=offering.instance_type, gpu=offering.gpu,
             gpu_count=offering.gpu_count, market=str(offering.market), offering_key=offering.key,
@@ -251,6 +263,50 @@ class Store:
         return True
 
     @staticmethod
+    def forecast_history(s: Session, service: str, grid: BucketGrid, history_s: float, limit: int = 500):
+        """(history windows, recorded forecasts) of a service, for `fleetctl forecast show --service`.
+
+        Raises LookupError when there is nothing to show.
+        """
+        from daemon.domain import DemandForecast
+
+        last = s.scalar(select(Decision.at).order_by(Decision.id.desc()).limit(1))
+        if last is None:
+            raise LookupError("no decision recorded yet: nothing to show")
+        history = Store.demand_history(s, service, grid, last - timedelta(seconds=history_s))
+        if not history:
+            raise LookupError(f"no demand recorded for service {service!r}")
+        forecasts = []
+        for at, fc in s.execute(select(Decision.at, Decision.forecast).order_by(Decision.id.desc()).limit(limit)):
+            f = (fc or {}).get(service)
+            if f:
+                forecasts.append(DemandForecast(service, at, f["horizon_s"], f["rate_rps"],
+                                                tuple(tuple(r) for r in f.get("mix", [])), f["method"],
+                                                f.get("quantile", 0.5), f.get("details", {})))
+        return history, list(reversed(forecasts))
+
+    # -- operator controls (fleetctl pause|resume) ---------------------------------------
+
+    @staticmethod
+    def paused(s: Session) -> bool:
+        """Whether an operator paused the fleet (`fleetctl pause`); the tick reads this at its start
+        (one primary-key read) and then plans and records without acting, as policy.paused does."""
+        row = s.get(Control, "paused", populate_existing=True)
+        return row is not None and row.value == "true"
+
+    @staticmethod
+    def set_paused(s: Session, paused: bool, at: datetime, by: str | None = None, note: str | None = None) -> bool:
+        """Pause or resume; returns whether it was paused before."""
+        row = s.get(Control, "paused", with_for_update=True)
+        before = row is not None and row.value == "true"
+        if row is None:
+            row = Control(name="paused", value="false", updated_at=at)
+            s.add(row)
+        row.value = "true" if paused else "false"
+        row.updated_at, row.updated_by, row.note = at, by, note
+        return before
+
+    @staticmethod
     def close_interrupted_decisions(s: Session, at: datetime) -> int:
         """Decisions a crash left at 'started' are marked so; their intents are repaired by the next tick."""
         rows = list(s.scalars(select(Decision).where(Decision.outcome == "started")))
@@ -258,6 +314,24 @@ class Store:
             d.outcome = "interrupted"
             d.error = (d.error or "") + f"process stopped before the tick finished (noticed {at.isoformat()})"
         return len(rows)
+
+
+def on_demand_reference(offering: Offering, offerings: list[Offering]) -> float | None:
+    """The on-demand $/h of the same shape: the same instance type in the same cloud and region,
+    else the cheapest on-demand offering with the same GPU type and count in that region, else
+    anywhere (the baseline `fleetctl audit` computes savings against)."""
+    if offering.market is Market.ON_DEMAND:
+        return offering.price_per_hour
+    od = [o for o in offerings if o.market is Market.ON_DEMAND]
+    for match in (lambda o: (o.cloud, o.region, o.instance_type) == (offering.cloud, offering.region,
+                                                                     offering.instance_type),
+                  lambda o: (o.cloud, o.region, o.gpu, o.gpu_count) == (offering.cloud, offering.region, offering.gpu,
+                                                                        offering.gpu_count),
+                  lambda o: (o.gpu, o.gpu_count) == (offering.gpu, offering.gpu_count)):
+        prices = [o.price_per_hour for o in od if match(o)]
+        if prices:
+            return min(prices)
+    return None
 
 
 class FleetRow(NamedTuple):

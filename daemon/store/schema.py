@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Index, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, validates
 from sqlalchemy.types import TypeDecorator
 
 
@@ -45,6 +45,8 @@ class Decision(Base):
     """One tick: what it saw, forecast, planned, did, and how it ended."""
 
     __tablename__ = "decisions"
+    # Covers `fleetctl audit`'s count of decisions by outcome over a window (a year: 525,600 rows).
+    __table_args__ = (Index("ix_decisions_at_outcome", "at", "outcome"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
@@ -81,6 +83,9 @@ class Instance(Base):
     market: Mapped[str] = mapped_column(String(16))
     offering_key: Mapped[str] = mapped_column(String(256), index=True)
     price_per_hour: Mapped[float] = mapped_column(Float)  # price in effect at launch; never recomputed
+    # What the same shape would have cost on demand at launch (same instance type in the same
+    # region, else the cheapest on-demand of the GPU type and count): the audit's savings baseline.
+    on_demand_price_per_hour: Mapped[float | None] = mapped_column(Float)
     state: Mapped[str] = mapped_column(String(16), index=True)
     state_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # time of the last transition
     decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"))
@@ -158,3 +163,49 @@ class SimulationRun(Base):
     virtual_end: Mapped[datetime] = mapped_column(UTCDateTime)
     workload: Mapped[str] = mapped_column(String(512))
     summary: Mapped[dict | None] = mapped_column(JSON)
+
+    @validates("summary", "workload")
+    def _no_secrets(self, _key, value):
+        """A replay's summary names its database URL: the store never keeps its password."""
+        from daemon.redact import mask_urls_in
+
+        return mask_urls_in(value)
+
+
+class Lease(Base):
+    """A named lease (daemon/store/lease.py): who may act, until when, under which fencing token."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(256))  # None: free (released)
+    token: Mapped[int] = mapped_column(BigInteger)  # +1 at every change of holder; never goes down
+    acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    renewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DaemonRow(Base):
+    """Every fleetd that runs on this store, leader or standby, as it last reported (for status)."""
+
+    __tablename__ = "daemons"
+
+    holder: Mapped[str] = mapped_column(String(256), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(256))
+    pid: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # leader / standby / stopped
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
+class Control(Base):
+    """Operator switches kept in the store (`fleetctl pause|resume`), read by the tick at its start."""
+
+    __tablename__ = "controls"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)  # e.g. "paused"
+    value: Mapped[str] = mapped_column(String(256))
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_by: Mapped[str | None] = mapped_column(String(256))
+    note: Mapped[str | None] = mapped_column(Text)

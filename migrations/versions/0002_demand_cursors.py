@@ -38,9 +38,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('instances', schema=None) as batch_op:
-        batch_op.drop_column('state_since')
-    with op.batch_alter_table('alerts', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_alerts_subject'))
-        batch_op.drop_column('subject')
+    # Native DROP COLUMN (SQLite >= 3.35): a batch copy would DROP TABLE instances, which the
+    # instance_events foreign keys forbid while PRAGMA foreign_keys is on.
+    op.drop_index(op.f('ix_alerts_subject'), table_name='alerts')
+    if op.get_bind().dialect.name == "sqlite":
+        op.execute("ALTER TABLE instances DROP COLUMN state_since")
+        op.execute("ALTER TABLE alerts DROP COLUMN subject")
+    else:
+        op.drop_column('instances', 'state_since')
+        op.drop_column('alerts', 'subject')
     op.drop_table('demand_cursors')
