@@ -134,8 +134,11 @@ def test_cli_measure_writes_a_profile_and_shows_progress(tmp_path):
     with OpenAIDouble(ttft_s=0.01) as srv:
         res = CliRunner().invoke(app, [
             "measure", "--endpoint", srv.url, "--model", "meta-llama/Llama-2-7b-hf", "--gpu", "A10G",
-            "--shapes", "20x4", "--start-rate", "5", "--rate-factor", "4", "--max-rate", "20", "--duration-s", "0.3",
-            "--min-requests", "5", "--refine-steps", "0", "--slo-tpot-ms", "500", "--profiles-dir", str(tmp_path)])
+            "--shapes", "20x4", "--start-rate", "5", "--rate-factor", "4", "--max-rate", "20", "--duration-s", "1.0",
+            # SLOs far above the double's latency, 1 s per rate: this is about the command's output; a
+            # loaded CI machine must not turn the 20 req/s step into a miss (seen: the curve stopped at 5).
+            "--min-requests", "5", "--refine-steps", "0", "--slo-tpot-ms", "5000", "--slo-ttft-s", "30",
+            "--profiles-dir", str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert "20x4 @ 5" in res.output and "wrote" in res.output
     files = list(tmp_path.glob("*.json"))

@@ -24,7 +24,8 @@ def make_profile(kind="measured", gpu="A10G", model="meta-llama/Llama-2-7b-hf", 
 
 
 def cfg(**over):
-    base = {"services": [{"name": "chat", "gpus": ["A10G", "L4"], "slo": {"ttft_p99_s": 2.0, "tpot_p99_ms": 120.0}}],
+    base = {"services": [{"name": "chat", "model": "meta-llama/Llama-2-7b-hf", "gpus": ["A10G", "L4"],
+                          "slo": {"ttft_p99_s": 2.0, "tpot_p99_ms": 120.0}}],
             "buckets": {"input_edges": [0, 256, 1024, 4096], "output_edges": [0, 64, 256]}}
     base.update(over)
     return parse_config(base)
@@ -129,7 +130,7 @@ def test_newest_profile_of_a_kind_wins_and_looser_slo_profile_is_skipped(tmp_pat
 
 
 def test_unknown_gpu_is_excluded_with_a_warning_and_estimates_can_be_switched_off(tmp_path):
-    c = cfg(services=[{"name": "chat", "gpus": ["A10G", "TPU-v5e"]}])
+    c = cfg(services=[{"name": "chat", "model": "meta-llama/Llama-2-7b-hf", "gpus": ["A10G", "TPU-v5e"]}])
     rep = build_capacity(c, tmp_path)
     assert rep.table.pools("chat") == ["A10Gx1"]
     ex = [w for w in rep.warnings if w["event"] == "capacity.excluded"]
@@ -167,3 +168,19 @@ def test_estimates_warn_when_buckets_exceed_the_model_context(tmp_path):
     rep = build_capacity(cfg(buckets={"input_edges": [0, 1024, 8192], "output_edges": [0, 256]}), tmp_path)
     assert any(w["event"] == "capacity.beyond_context" for w in rep.warnings)
     assert not any(w["event"] == "capacity.beyond_context" for w in build_capacity(cfg(), tmp_path).warnings)
+
+
+def test_prompts_beyond_max_model_len_get_no_capacity_from_any_source(tmp_path):
+    grid = {"input_edges": [0, 1024, 4096, 8192, 16384], "output_edges": [0, 256, 1024]}  # rows from 0, 1k, 4k, 8k
+    svc = {"name": "chat", "model": "meta-llama/Llama-3.1-8B-Instruct", "gpus": ["A10G", "H100"],
+           "max_model_len": 8192}
+    table = [[5.0, 5.0]] * 4
+    rep = build_capacity(cfg(buckets=grid, services=[svc], capacity=[
+        {"model": svc["model"], "gpu": "A10G", "tputs": table}]), tmp_path)
+    assert rep.table.get("chat", "A10Gx1")[2:] == ((5.0, 5.0), (0.0, 0.0))  # a config table too
+    h100 = rep.table.get("chat", "H100x1")
+    assert h100[2][0] > 0 and h100[3] == (0.0, 0.0)  # the estimate
+    # max_model_len above the model's own context is capped by it (Llama 2: 4096 tokens).
+    old = dict(svc, model="meta-llama/Llama-2-7b-hf", max_model_len=16384)
+    h100 = build_capacity(cfg(buckets=grid, services=[old]), tmp_path).table.get("chat", "H100x1")
+    assert h100[1][0] > 0 and h100[2] == h100[3] == (0.0, 0.0)

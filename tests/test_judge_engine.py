@@ -191,8 +191,11 @@ def test_request_past_max_model_len_is_refused():
     assert v.status.tolist() == [1, 0, 0]  # 4200 > Llama-2-7B's 4096; 4000 and 110 fit
     assert not v.meets_slo[0] and math.isnan(v.ttft_s[0]) and v.replica[0] == -1
     assert v.summary()["failed"]["context"] == 1
+    # max_model_len shortens the context; it cannot lengthen it (vLLM refuses a longer max_model_len).
+    shorter = {"chat": ServiceSpec("chat", MODEL, 2.0, 120.0, max_model_len=2048)}
+    assert run([0.0, 1.0], [1000, 2000], [500, 100], [replica()], services=shorter).status.tolist() == [0, 1]
     longer = {"chat": ServiceSpec("chat", MODEL, 2.0, 120.0, max_model_len=8192)}
-    assert run([0.0], [4000], [200], [replica()], services=longer).status[0] == 0
+    assert run([0.0], [4000], [200], [replica()], services=longer).status[0] == 1
 
 
 # ---- bad input ---------------------------------------------------------------------------------

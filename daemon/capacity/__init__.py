@@ -90,8 +90,26 @@ def build_capacity(cfg: Config, profiles_dir: str | Path | None = None) -> Capac
             provenance[(svc.name, pool)] = prov
             report.kinds[(svc.name, pool)] = "estimated"
             warn("capacity.estimated", svc.name, gpu, f"no profile; planning {pool} on an analytical estimate")
+    # Prompts the server refuses (longer than its max_model_len) cannot be served by any pool:
+    # whatever a table or profile says, their buckets carry no capacity.
+    for (svc_name, pool), matrix in list(table.items()):
+        svc = next(s for s in cfg.services if s.name == svc_name)
+        limit = context_limit(svc)
+        if limit is not None:
+            table[(svc_name, pool)] = tuple(row if grid.input_edges[i] < limit else tuple(0.0 for _ in row)
+                                            for i, row in enumerate(matrix))
     report.table = CapacityTable(table, provenance)
     return report
+
+
+def context_limit(svc: ServiceConfig) -> int | None:
+    """Tokens (prompt + output) a request of this service may have: `max_model_len`, at most the model's context."""
+    from daemon.capacity.models import canonical_model, model_arch
+
+    model_ctx = model_arch(svc.model).max_context if canonical_model(svc.model) else None
+    if svc.max_model_len is None:
+        return model_ctx
+    return min(svc.max_model_len, model_ctx) if model_ctx else svc.max_model_len
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -179,6 +197,16 @@ def _estimate(cfg: Config, svc: ServiceConfig, gpu: str, grid: BucketGrid):
         tp = smallest_tp(svc.model, gpu, cfg.profiles.dtype, cfg.profiles.engine)
         if tp is None:
             return f"{svc.model} in {cfg.profiles.dtype} does not fit on up to 8 x {gpu}"
+        # vLLM refuses to start unless its KV cache holds one sequence of max_model_len tokens.
+        from daemon.capacity.estimator import make_replica
+
+        need = context_limit(svc) or 0
+        while tp <= 8 and make_replica(svc.model, gpu, tp, cfg.profiles.dtype, cfg.profiles.engine
+                                       ).kv_capacity_tokens < need:
+            tp *= 2
+        if tp > 8:
+            return (f"{svc.model} with max_model_len {need} does not fit on up to 8 x {gpu} "
+                    "(its KV cache cannot hold one sequence that long)")
         p = estimate_profile(svc.model, gpu, tp, cfg.profiles.dtype, ttft_s=svc.slo.ttft_p99_s,
                              tpot_ms=svc.slo.tpot_p99_ms, grid=grid, engine=cfg.profiles.engine, curves=False)
     except EstimateError as e:
@@ -194,7 +222,7 @@ def _warn_context(svc: ServiceConfig, gpu: str, grid: BucketGrid, warn) -> None:
 
     if canonical_model(svc.model) is None:
         return
-    ctx = model_arch(svc.model).max_context
+    ctx = context_limit(svc) or model_arch(svc.model).max_context
     if grid.input_edges[-1] > ctx:
         warn("capacity.beyond_context", svc.name, gpu,
-             f"{svc.model} has a {ctx}-token context; buckets above it are estimated as if it were longer")
+             f"{svc.model} serves at most {ctx} tokens (max_model_len); buckets above it get no capacity")

@@ -55,6 +55,13 @@ MODELS: dict[str, ModelArch] = {
         # huggingface.co/meta-llama/Meta-Llama-3-8B/blob/main/config.json
         ModelArch("Llama-3-8B", 32, 4096, 32, 8, 14336, 128256, True, "hf:meta-llama/Meta-Llama-3-8B config.json",
                   max_context=8192),
+        # huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json: Llama-3-8B's shapes with a
+        # 131072-token context (max_position_embeddings; rope_scaling llama3)
+        ModelArch("Llama-3.1-8B", 32, 4096, 32, 8, 14336, 128256, True, "hf:meta-llama/Llama-3.1-8B config.json",
+                  max_context=131072),
+        # huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json
+        ModelArch("Llama-3.1-70B", 80, 8192, 64, 8, 28672, 128256, True, "hf:meta-llama/Llama-3.1-70B config.json",
+                  max_context=131072),
         # huggingface.co/meta-llama/Meta-Llama-3-70B/blob/main/config.json
         ModelArch("Llama-3-70B", 80, 8192, 64, 8, 28672, 128256, True, "hf:meta-llama/Meta-Llama-3-70B config.json",
                   max_context=8192),
@@ -88,7 +95,7 @@ def _norm(name: str) -> str:
                 stripped = stripped[: -len(suf)]
         if stripped != s:
             s, changed = stripped, True
-    s = s.replace("meta-llama-", "llama-").replace("llama-3.1", "llama-3")
+    s = s.replace("meta-llama-", "llama-")
     return re.sub(r"[^a-z0-9.]", "", s)
 
 

@@ -226,17 +226,20 @@ class ServiceSpec:
     def from_config(cls, cfg, service) -> "ServiceSpec":
         """From a `Config` and one of its `ServiceConfig`s (model, SLO, [profiles] engine and dtype)."""
         return cls(name=service.name, model=service.model, ttft_slo_s=float(service.slo.ttft_p99_s),
-                   tpot_slo_ms=float(service.slo.tpot_p99_ms), engine=cfg.profiles.engine, dtype=cfg.profiles.dtype)
+                   tpot_slo_ms=float(service.slo.tpot_p99_ms), max_model_len=service.max_model_len,
+                   engine=cfg.profiles.engine, dtype=cfg.profiles.dtype)
 
     def context_limit(self) -> int:
-        if self.max_model_len is not None:
-            return int(self.max_model_len)
+        """max_model_len, at most the model's own context (vLLM refuses a longer max_model_len)."""
         from daemon.capacity.models import model_arch
 
         try:
-            return int(model_arch(self.model).max_context)
+            ctx = int(model_arch(self.model).max_context)
         except KeyError as e:
+            if self.max_model_len is not None:
+                return int(self.max_model_len)
             raise JudgeInputError(f"service {self.name}: {e.args[0]}") from None
+        return ctx if self.max_model_len is None else min(int(self.max_model_len), ctx)
 
 
 @dataclass(frozen=True)
