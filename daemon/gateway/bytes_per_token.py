@@ -1,0 +1,119 @@
+"""From tokens to bytes: where the input-bucket edges lie in request bytes.
+
+HAProxy sees a request's size (`req.body_size`, the Content-Length) before any of its body,
+never its token count. The plan's input buckets are in tokens, so the gateway needs bytes per
+token. It is fitted per service from the gateway's own log, which holds both the request
+bytes and the prompt tokens vLLM reported in `usage`:
+
+    bytes_k = overhead + r_k x tokens_k
+
+`overhead` (the JSON envelope: model name, parameters, message wrappers) is the intercept of
+a least-squares line; r_k, the bytes per token of request k, varies with the text (prose,
+code, other scripts). The edge of token edge e is placed at `overhead + r_q x e`, with r_q
+the low `quantile` of r_k: a request of at least e tokens has at least that many bytes unless
+its own r_k is below r_q, so it lands in its own bucket or a higher one, and in a lower one
+with probability about q only.
+
+Why low and not the median: landing too high costs a little efficiency (a bigger pool serves
+it), landing too low can cost the request. The pools the plan gives the low buckets may run a
+smaller context (`max_model_len`), vLLM answers 400 past it, and 400 is not retried; so the
+edges, the top one above all, stay on the conservative side of the model's context.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable
+
+from daemon.domain import BucketGrid
+
+INT_MAX = 2**63 - 1  # the top bucket's byte range ends here (HAProxy integers are 64-bit signed)
+MIN_TOKENS_FOR_RATIO = 16  # shorter prompts: the envelope dominates, their ratio says little
+
+
+@dataclass(frozen=True)
+class BytesPerToken:
+    """A fitted (or guessed) relation between request bytes and prompt tokens of one service."""
+
+    overhead_bytes: float
+    median: float  # bytes per token of a typical request
+    low: float  # the low quantile the edges use
+    samples: int  # 0: a guess from configuration
+    quantile: float
+
+    @classmethod
+    def guess(cls, bytes_per_token: float) -> "BytesPerToken":
+        return cls(0.0, bytes_per_token, bytes_per_token, 0, 0.0)
+
+    def edge_bytes(self, tokens: int) -> int:
+        """Fewest bytes a request of `tokens` prompt tokens is taken to have (0 for 0 tokens)."""
+        if tokens <= 0:
+            return 0
+        return max(1, int(math.floor(self.overhead_bytes + self.low * tokens)))
+
+    def byte_edges(self, grid: BucketGrid) -> tuple[int, ...]:
+        """Where each input bucket starts, in bytes: 0, then the grid's inner edges; strictly increasing.
+
+        The grid's last edge is not one: sizes past it count in the last bucket (BucketGrid).
+        """
+        out = [0]
+        for e in grid.input_edges[1:grid.n_input]:
+            out.append(max(self.edge_bytes(e), out[-1] + 1))
+        return tuple(out)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default 'linear' method)."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def fit_bytes_per_token(pairs: Iterable[tuple[int, int]], quantile: float = 0.02,
+                        min_samples: int = 200) -> BytesPerToken | None:
+    """Fit from (request bytes, prompt tokens) pairs; None with fewer than `min_samples` usable pairs.
+
+    Pairs with no tokens or no bytes are ignored (errors, requests without usage).
+    """
+    xs: list[float] = []
+    ys: list[float] = []
+    for b, t in pairs:
+        if b is None or t is None or b <= 0 or t <= 0:
+            continue
+        xs.append(float(t))
+        ys.append(float(b))
+    if len(xs) < min_samples:
+        return None
+    n = len(xs)
+    mx = sum(xs) / n
+    my = sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx > 0:
+        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+        overhead = my - slope * mx
+    else:  # every request had the same token count: no intercept to learn
+        overhead = 0.0
+    # The envelope cannot be negative, nor larger than the smallest request.
+    overhead = min(max(overhead, 0.0), min(ys))
+    ratios = sorted((y - overhead) / x for x, y in zip(xs, ys) if x >= MIN_TOKENS_FOR_RATIO)
+    if len(ratios) < max(10, min_samples // 4):
+        ratios = sorted(max(y - overhead, 1.0) / x for x, y in zip(xs, ys))
+    low = _quantile(ratios, quantile)
+    med = _quantile(ratios, 0.5)
+    if low <= 0:
+        low = min(r for r in ratios if r > 0) if any(r > 0 for r in ratios) else 1.0
+    return BytesPerToken(overhead, med, low, n, quantile)
+
+
+def edges_moved(current: tuple[int, ...] | None, new: tuple[int, ...], tolerance: float) -> bool:
+    """Whether the bucket map should be rewritten: another grid, or an edge moved by more than `tolerance`."""
+    if current is None or len(current) != len(new):
+        return True
+    for a, b in zip(current[1:], new[1:]):
+        if abs(b - a) > tolerance * max(a, 1):
+            return True
+    return False
