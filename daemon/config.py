@@ -79,6 +79,12 @@ class SimulatedProviderConfig(_Model):
     # JSON file the simulated cloud keeps its machines in, so they outlive a fleetd restart
     # as a real cloud's do (unset: in memory only, as a replay wants).
     state_file: str | None = None
+    # Run each instance's replica as a real local process (providers/local_replica.py, an
+    # OpenAI-compatible server with a latency model) on a free loopback port: RUNNING means it
+    # answers /health, its endpoint points there, terminate stops it, a spot loss SIGKILLs it.
+    replica_processes: bool = False
+    replica_args: list[str] = []  # extra arguments, e.g. ["--max-model-len", "8192", "--tpot-s", "0.02"]
+    replica_dir: str | None = None  # port/pid files and logs (unset: next to state_file, else a temp dir)
 
     @field_validator("launch_latency_s")
     @classmethod

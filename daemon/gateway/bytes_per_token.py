@@ -7,8 +7,8 @@ bytes and the prompt tokens vLLM reported in `usage`:
 
     bytes_k = overhead + r_k x tokens_k
 
-`overhead` (the JSON envelope: model name, parameters, message wrappers) is the intercept of
-a least-squares line; r_k, the bytes per token of request k, varies with the text (prose,
+`overhead` (the JSON envelope: model name, parameters, message wrappers) is fitted by weighted
+least squares (see fit_bytes_per_token); r_k, the bytes per token of request k, varies with the text (prose,
 code, other scripts). The edge of token edge e is placed at `overhead + r_q x e`, with r_q
 the low `quantile` of r_k: a request of at least e tokens has at least that many bytes unless
 its own r_k is below r_q, so it lands in its own bucket or a higher one, and in a lower one
@@ -88,13 +88,16 @@ def fit_bytes_per_token(pairs: Iterable[tuple[int, int]], quantile: float = 0.02
         ys.append(float(b))
     if len(xs) < min_samples:
         return None
-    n = len(xs)
-    mx = sum(xs) / n
-    my = sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx > 0:
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-        overhead = my - slope * mx
+    # The spread of r_k makes the noise of bytes grow with tokens; dividing by tokens makes it
+    # even: bytes/tokens = r + overhead x (1/tokens), a straight line in 1/tokens whose slope
+    # is the overhead (weighted least squares with weights 1/tokens^2).
+    us = [1.0 / x for x in xs]
+    vs = [y / x for x, y in zip(xs, ys)]
+    n = len(us)
+    mu, mv = sum(us) / n, sum(vs) / n
+    suu = sum((u - mu) ** 2 for u in us)
+    if len(set(xs)) > 1 and suu > 0:
+        overhead = sum((u - mu) * (v - mv) for u, v in zip(us, vs)) / suu
     else:  # every request had the same token count: no intercept to learn
         overhead = 0.0
     # The envelope cannot be negative, nor larger than the smallest request.

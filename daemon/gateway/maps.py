@@ -78,14 +78,15 @@ def slots(weights: Mapping[str, float], total: int = WEIGHT_ROWS) -> dict[str, i
     s = sum(pos.values())
     exact = {p: w / s * total for p, w in pos.items()}
     out = {p: int(math.floor(x)) for p, x in exact.items()}
+    bumped = set()
     if len(pos) <= total:
-        for p in out:
-            if out[p] == 0:
-                out[p] = 1
+        bumped = {p for p, n in out.items() if n == 0}
+        for p in bumped:
+            out[p] = 1
     left = total - sum(out.values())
-    order = sorted(pos, key=lambda p: (-(exact[p] - math.floor(exact[p])), p))
+    order = sorted((p for p in pos if p not in bumped), key=lambda p: (-(exact[p] - math.floor(exact[p])), p))
     k = 0
-    while left > 0:
+    while left > 0 and order:
         out[order[k % len(order)]] += 1
         left -= 1
         k += 1
