@@ -26,7 +26,9 @@ prompt, and every request in the batch slows the others' iterations.
 
 With `--port 0` the kernel picks a free port; the server writes it to `--port-file` (atomically)
 and prints `{"port": N}` on stdout once it listens. `--boot-s` makes /health answer 503 (and
-generation 503) for that long, as a replica loading its weights. `--request-log FILE` appends
+generation 503) for that long, as a replica loading its weights. A stream's headers go out with its
+first token (a proxy may retry the request elsewhere until then); `--headers-first` sends them at
+once, as vLLM does (its StreamingResponse starts before the prefill). `--request-log FILE` appends
 one JSON line per request (arrival, first byte, end, tokens, status) for tests to audit.
 SIGTERM stops accepting connections and lets requests in flight finish (up to
 `--drain-timeout-s`); SIGKILL is a machine that vanished.
@@ -163,7 +165,8 @@ class Generation:
 
 class ReplicaServer:
     def __init__(self, model: str, max_model_len: int, latency: LatencyModel, boot_s: float = 0.0,
-                 force_include_usage: bool = False, request_log: str | None = None, name: str = ""):
+                 force_include_usage: bool = False, request_log: str | None = None, name: str = "",
+                 headers_first: bool = False):
         self.model = model
         self.max_model_len = max_model_len
         self.latency = latency
@@ -171,6 +174,7 @@ class ReplicaServer:
         self.force_include_usage = force_include_usage
         self.metrics = Metrics(max_model_len)
         self.name = name
+        self.headers_first = headers_first
         self._log = open(request_log, "a", buffering=1) if request_log else None
         self._conns: set[asyncio.Task] = set()
         self.inflight = 0
@@ -307,11 +311,16 @@ class ReplicaServer:
         t0 = time.monotonic()
         first = None
         sent = 0
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+                b"Transfer-Encoding: chunked\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n")
         try:
+            if g.stream and self.headers_first:  # as vLLM behind Starlette: headers before the prefill
+                writer.write(head)
+                await writer.drain()
             await asyncio.sleep(self.latency.ttft(g.prompt_tokens, others))
             if g.stream:
-                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                             b"Transfer-Encoding: chunked\r\n" + (b"Connection: close\r\n" if close else b"") + b"\r\n")
+                if not self.headers_first:
+                    writer.write(head)
                 for k in range(g.max_tokens):
                     if k:
                         await asyncio.sleep(self.latency.tpot(self.metrics.running - 1))
@@ -413,7 +422,7 @@ def _write_atomic(path: Path, text: str) -> None:
 async def serve(args: argparse.Namespace) -> None:
     latency = LatencyModel(args.ttft_base_s, args.prefill_tokens_per_s, args.tpot_s, args.slowdown_per_request)
     app = ReplicaServer(args.model, args.max_model_len, latency, args.boot_s, args.force_include_usage,
-                        args.request_log, args.name)
+                        args.request_log, args.name, args.headers_first)
     server = await asyncio.start_server(app.handle, args.host, args.port, limit=MAX_HEADER_BYTES, backlog=1024)
     port = server.sockets[0].getsockname()[1]
     if args.port_file:
@@ -447,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boot-s", type=float, default=0.0, help="seconds /health answers 503 (loading weights)")
     p.add_argument("--force-include-usage", action="store_true", help="usage in the last SSE chunk of every stream")
     p.add_argument("--request-log", help="append one JSON line per request")
+    p.add_argument("--headers-first", action="store_true",
+                   help="send a stream's response headers at once, before the first token (vLLM's behaviour: "
+                        "a proxy can then no longer retry the request elsewhere)")
     p.add_argument("--drain-timeout-s", type=float, default=30.0)
     return p
 

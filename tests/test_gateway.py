@@ -338,15 +338,17 @@ def test_parse_runtime_answers():
 # -- the log parser ------------------------------------------------------------------------
 
 
-LINE = ('{"v":1,"ts":1796116451.228,"service":"chat","bucket":1,"backend":"chat__A10Gx1","server":"r2",'
+LINE = ('{"v":1,"ts":1796116451.228,"request_id":"abc","service":"chat","bucket":1,"backend":"chat__A10Gx1","server":"r2",'
         '"status":200,"req_bytes":2113,"resp_bytes":5230,"in_tokens":512,"out_tokens":128,"tw":0,"tc":1,'
-        '"tr":17,"ta":1052,"retries":1,"term":"--"}')
+        '"tr":17,"ta":1052,"retries":"+1","term":"--"}')
 
 
 def test_parse_a_request_line():
     r = parse_line(LINE, 7)
     assert (r.timestamp, r.service, r.bucket, r.pool, r.server, r.status) == (1796116451.228, "chat", 1, "A10Gx1", "r2", 200)
+    assert r.request_id == "abc"
     assert (r.request_bytes, r.input_tokens, r.output_tokens, r.retries, r.line) == (2113, 512, 128, 1, 7)
+    assert r.redispatched and not parse_line(LINE.replace('"+1"', '"2"')).redispatched
     assert (r.queue_ms, r.connect_ms, r.response_ms, r.total_ms) == (0, 1, 17, 1052) and r.completed
     # a syslog relay's prefix is fine; HAProxy's own messages are not records
     assert parse_line("<134>Mar  2 12:00:00 gw haproxy[42]: " + LINE).input_tokens == 512
@@ -368,6 +370,7 @@ def test_parse_lines_without_usage_or_server():
     (LINE.replace('"status":200', '"status":"ok"'), "'status' must be an integer"),
     (LINE.replace('"in_tokens":512', '"in_tokens":-3'), "'in_tokens' must be >= 0"),
     (LINE.replace(',"bucket":1', ''), "missing field 'bucket'"),
+    (LINE.replace('"+1"', '"x"'), "'retries' must be a count"),
     (LINE.replace('{"v":1', '{"v":9'), "version 9"),
 ])
 def test_malformed_lines_are_named(bad, message):

@@ -2,9 +2,9 @@
 
 HAProxy writes the line (render.LOG_FORMAT) when a request ends, streamed or not:
 
-    {"v":1,"ts":1796116451.228,"service":"chat","bucket":1,"backend":"chat__A10Gx1",
+    {"v":1,"ts":1796116451.228,"request_id":"c0ffee","service":"chat","bucket":1,"backend":"chat__A10Gx1",
      "server":"fleet-12","status":200,"req_bytes":2113,"resp_bytes":5230,"in_tokens":512,
-     "out_tokens":128,"tw":0,"tc":0,"tr":17,"ta":1052,"retries":0,"term":"--"}
+     "out_tokens":128,"tw":0,"tc":0,"tr":17,"ta":1052,"retries":"0","term":"--"}
 
 `ts` is when HAProxy accepted the request (epoch seconds, ms resolution), so lines come out
 ordered by end, not by `ts`: a reader that windows by `ts` must allow for the longest request.
@@ -36,6 +36,7 @@ class GatewayLogError(ValueError):
 @dataclass(frozen=True)
 class GatewayRequest:
     timestamp: float  # accepted at, epoch seconds (UTC)
+    request_id: str | None  # the client's X-Request-Id header
     service: str | None  # None: the request named no configured service (answered 404)
     bucket: int | None  # input bucket the gateway put it in (by size)
     pool: str | None  # e.g. "A10Gx1"; None: no pool took it (404, no route)
@@ -51,6 +52,7 @@ class GatewayRequest:
     response_ms: int | None  # until the replica's response headers (not the first token)
     total_ms: int | None
     retries: int
+    redispatched: bool  # a retry went to another replica of the pool
     termination: str  # HAProxy's termination state, "--" for a normal end
     line: int | None = None
 
@@ -107,6 +109,7 @@ def parse_line(text: str, line: int | None = None, source: str = "gateway log") 
     backend = _field(obj, "backend", where, str)
     server = _field(obj, "server", where, str)
     service = _field(obj, "service", where, str)
+    rid = _field(obj, "request_id", where, str)
     split = split_backend(backend)
     bucket = _field(obj, "bucket", where, int, nullable=True)
     if bucket is not None and bucket < 0:
@@ -117,8 +120,15 @@ def parse_line(text: str, line: int | None = None, source: str = "gateway log") 
         if v is not None and v < 0:
             raise GatewayLogError(f"{where}: field {name!r} must be >= 0, got {v}")
         tokens[name] = v
+    rc = _field(obj, "retries", where, str)
+    redispatched = rc.startswith("+")
+    try:
+        retries = int(rc.lstrip("+"))
+    except ValueError:
+        raise GatewayLogError(f"{where}: field 'retries' must be a count (e.g. \"1\" or \"+1\"), got {rc!r}") from None
     return GatewayRequest(
         timestamp=_field(obj, "ts", where, float),
+        request_id=None if rid in ("", "-") else rid,
         service=None if service in ("", "-") else service,
         bucket=bucket,
         pool=split[1] if split else None,
@@ -133,7 +143,8 @@ def parse_line(text: str, line: int | None = None, source: str = "gateway log") 
         connect_ms=_ms(obj, "tc", where),
         response_ms=_ms(obj, "tr", where),
         total_ms=_ms(obj, "ta", where),
-        retries=_field(obj, "retries", where, int),
+        retries=retries,
+        redispatched=redispatched,
         termination=_field(obj, "term", where, str),
         line=line,
     )

@@ -37,10 +37,12 @@ LOG_VERSION = 1
 # One JSON object per request. Numeric fields HAProxy may not have (no bucket: 404; no usage:
 # error or a server without usage) default to null, strings come through the json converter.
 # %Ts.%ms: accept time; %Tw queue, %Tc connect, %Tr response headers, %Ta total (ms, -1: none);
-# %rc retries; %ts termination state (HAProxy's two letters, "--" for a clean end).
+# %rc retries, as a string: HAProxy writes "+1" when the retry went to another server
+# (redispatch); %ts termination state (HAProxy's two letters, "--" for a clean end).
 LOG_FORMAT = (
     '{"v":' + str(LOG_VERSION) + ','
     '"ts":%Ts.%ms,'
+    '"request_id":"%[var(txn.rid,-),json(utf8s)]",'
     '"service":"%[var(txn.svc,-),json(utf8s)]",'
     '"bucket":%[var(txn.bucket,null)],'
     '"backend":"%b",'
@@ -51,7 +53,7 @@ LOG_FORMAT = (
     '"in_tokens":%[var(txn.in_tok,null)],'
     '"out_tokens":%[var(txn.out_tok,null)],'
     '"tw":%Tw,"tc":%Tc,"tr":%Tr,"ta":%Ta,'
-    '"retries":%rc,'
+    '"retries":"%rc",'
     '"term":"%ts"}'
 )
 
@@ -142,6 +144,7 @@ def render_haproxy_cfg(cfg: Config, generated_by: str = "fleetctl gateway config
         "    http-request return status 404 content-type application/json string '"
         + _json_error(404, "no such service", "NotFoundError") + "' if !known_service",
         "    http-request set-var(txn.body) req.body_size",
+        "    http-request set-var(txn.rid) req.hdr(x-request-id)",  # the client's id, for correlation
     ]
     for s in names:
         out.append(f"    http-request set-var(txn.bucket) req.body_size,map_int({lay.bucket_map(s)},{top}) "
