@@ -42,7 +42,7 @@ def test_rendered_config_uses_the_routing_mechanisms(tmp_path):
     assert "rand(100),add(txn.b100)" in text
     assert f"map_int({lay.weight_map('chat')},no_route)" in text
     assert "req.hdr(X-Fleet-Service),lower" in text
-    assert "option http-no-delay" in text
+    assert "option http-no-delay" in text and "option http-buffer-request" in text
     assert "filter lua.usage" in text
     assert "int(2) if !{ req.hdr_cnt(content-length) gt 0 }" in text  # chunked: top bucket
     backends = render_backends_cfg(cfg)
@@ -434,3 +434,39 @@ def test_fit_needs_enough_samples_and_ignores_empty_pairs():
 def test_guess_edges_are_increasing():
     grid = BucketGrid((0, 1, 2, 3), (0, 1))
     assert BytesPerToken.guess(0.1).byte_edges(grid) == (0, 1, 2)
+
+
+# -- fleetctl gateway -------------------------------------------------------------------------
+
+
+def _toml(tmp_path):
+    p = tmp_path / "fleet.toml"
+    p.write_text('[[services]]\nname = "chat"\ngpus = ["A10G"]\n'
+                 f'[gateway]\nstate_dir = "{tmp_path / "state"}"\nsocket = "{tmp_path / "no.sock"}"\ngpu_counts = [1, 2]\n')
+    return p
+
+
+def test_fleetctl_gateway_config_renders_and_prepares(tmp_path):
+    from typer.testing import CliRunner
+
+    from daemon.cli.fleetctl import app
+
+    toml = _toml(tmp_path)
+    out = CliRunner().invoke(app, ["gateway", "config", "-c", str(toml)])
+    assert out.exit_code == 0 and "frontend gateway" in out.stdout and "buckets-chat.map" in out.stdout
+    assert not (tmp_path / "state").exists()  # stdout only: nothing written
+    res = CliRunner().invoke(app, ["gateway", "config", "-c", str(toml), "--out", str(tmp_path / "haproxy.cfg")]
+                             + (["--check"] if shutil.which("haproxy") else []))
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (tmp_path / "state").iterdir())
+    assert names == ["backends.cfg", "buckets-chat.map", "usage.lua", "weights-chat.map"]
+    assert "backend chat__A10Gx2" in (tmp_path / "state" / "backends.cfg").read_text()
+
+
+def test_fleetctl_gateway_status_says_when_haproxy_is_not_there(tmp_path):
+    from typer.testing import CliRunner
+
+    from daemon.cli.fleetctl import app
+
+    res = CliRunner().invoke(app, ["gateway", "status", "-c", str(_toml(tmp_path))])
+    assert res.exit_code == 1 and "cannot reach HAProxy's Runtime API" in res.output
