@@ -406,7 +406,7 @@ class GatewayConfig(_Model):
     # first, so on long prompts `model` lies beyond what HAProxy buffers.
     service_by: Literal["header", "path"] = "header"
     service_header: str = "X-Fleet-Service"
-    default_service: str | None = None  # requests naming no service go here (unset: 404)
+    default_service: str | None = None  # requests naming no service go here (unset: 404); see render.py
     gpu_counts: list[Annotated[int, Field(ge=1)]] = [1, 2, 4, 8]  # one backend per (service, GPU x count)
     retries: Annotated[int, Field(ge=0, le=10)] = 3  # per request, each on another replica (redispatch)
     connect_timeout_s: PositiveFloat = 2.0

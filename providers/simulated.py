@@ -185,8 +185,9 @@ class SimulatedProvider:
             lost_at = self._first_loss(inst.offering.location, max(last, inst.since), min(now, inst.ready_at)) if spot else None
             if lost_at is not None:
                 self._preempt(inst, lost_at)
-            elif inst.ready_at <= now and self._booted(inst, now):
-                inst.since = max(inst.ready_at, inst.since)
+            elif inst.ready_at <= now and self._booted(inst):
+                # with a replica process: ready when it was seen answering, not before
+                inst.since = inst.ready_at if self._processes is None else now
                 if inst.will_fail:
                     inst.status = InstanceStatus.FAILED
                     inst.failure = FailureKind.OTHER
@@ -270,14 +271,11 @@ class SimulatedProvider:
             return f"http://{inst.name}.sim:8000"
         return self._processes.endpoint(inst.name)
 
-    def _booted(self, inst: _SimInstance, now: datetime) -> bool:
+    def _booted(self, inst: _SimInstance) -> bool:
         """Without processes the launch latency is the boot; with them, /health must answer too."""
         if self._processes is None or inst.will_fail:
             return True
-        if self._processes.healthy(inst.name):
-            inst.since = now  # ready when we saw it answer, not before
-            return True
-        return False
+        return self._processes.healthy(inst.name)
 
     def _check_processes(self, now: datetime) -> None:
         """A replica process that died on its own is a machine that broke."""

@@ -11,7 +11,8 @@ import pytest
 
 from daemon.config import ConfigError, parse_config
 from daemon.domain import BucketGrid, Route
-from daemon.gateway.bytes_per_token import INT_MAX, BytesPerToken, edges_moved, fit_bytes_per_token
+from daemon.gateway.bytes_per_token import (INT_MAX, BytesPerToken, BytesPerTokenTracker, edges_moved,
+                                            fit_bytes_per_token)
 from daemon.gateway.layout import Layout, backend_name, split_backend
 from daemon.gateway.logformat import GatewayLogError, bytes_token_pairs, parse_line, read_lines
 from daemon.gateway.maps import (MapRow, bucket_rows, byte_edges_of, effective_shares, map_file_text,
@@ -59,6 +60,7 @@ def test_path_mode_strips_the_service_and_default_service(tmp_path):
     assert "path,field(2,/),lower" in text
     assert "set-path %[path,regsub(^/[^/]*/?,/)] if known_service" in text
     assert "str(chat) if !known_service" in text
+    assert "str(chat) if !{ var(txn.svc) -m found }" in render_haproxy_cfg(_cfg(tmp_path, default_service="chat"))
     with pytest.raises(ConfigError, match="default_service"):
         _cfg(tmp_path, default_service="nope")
 
@@ -429,6 +431,17 @@ def test_fit_needs_enough_samples_and_ignores_empty_pairs():
     # constant token count: no intercept to learn, still a usable ratio
     fit = fit_bytes_per_token([(400 + k % 7, 100) for k in range(300)], min_samples=200)
     assert fit.overhead_bytes == 0.0 and 3.9 < fit.low <= fit.median < 4.1
+
+
+def test_tracker_keeps_a_window_per_service():
+    t = BytesPerTokenTracker(quantile=0.02, min_samples=200, window=500)
+    t.add("chat", _synthetic(150, 4))
+    assert t.fits() == {}
+    t.add("chat", _synthetic(150, 5))
+    t.add("code", _synthetic(1000, 6, median=3.0))
+    fits = t.fits()
+    assert fits["chat"].samples == 300 and fits["code"].samples == 500  # the window keeps the last 500
+    assert abs(fits["code"].median - 3.0) < 0.1
 
 
 def test_guess_edges_are_increasing():

@@ -336,10 +336,12 @@ async def added_latency(gw_url: str, direct_url: str, pairs: int, rng: random.Ra
                 total[path].append(s.t_end - s.t0)
     out = {}
     for name, d in (("ttft", ttft), ("total", total)):
-        out[name] = {q: round(1000 * (_quantile(d["gateway"], v) - _quantile(d["direct"], v)), 2)
-                     for q, v in (("p50_ms", 0.5), ("p99_ms", 0.99))}
-        out[name]["direct_p50_ms"] = round(1000 * _quantile(d["direct"], 0.5), 2)
-        out[name]["gateway_p50_ms"] = round(1000 * _quantile(d["gateway"], 0.5), 2)
+        added = [g - x for g, x in zip(d["gateway"], d["direct"])]  # per pair: what the gateway added
+        out[name] = {"added_p50_ms": round(1000 * _quantile(added, 0.5), 2),
+                     "added_p99_ms": round(1000 * _quantile(added, 0.99), 2)}
+        for path in ("direct", "gateway"):
+            for q, v in (("p50", 0.5), ("p99", 0.99)):
+                out[name][f"{path}_{q}_ms"] = round(1000 * _quantile(d[path], v), 2)
     out["pairs"] = pairs
     return out
 
@@ -383,6 +385,18 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
             syncs.append(r)
             return r
 
+        async def busy(name: str, at_least: int, timeout_s: float = 15.0) -> int:
+            """Wait until the replica has `at_least` requests running (its vLLM-style gauge)."""
+            deadline = time.time() + timeout_s
+            async with httpx.AsyncClient(timeout=2.0) as c:
+                while True:
+                    text = (await c.get(fleet.procs.endpoint(name) + "/metrics")).text
+                    running = int(float(next(ln.split()[-1] for ln in text.splitlines()
+                                             if ln.startswith("vllm:num_requests_running"))))
+                    if running >= at_least or time.time() > deadline:
+                        return running
+                    await asyncio.sleep(0.01)
+
         await at(10)
         fleet.launch("a3", "A10Gx1", boot_s=3.0)
         r = await sync(R1)
@@ -396,6 +410,7 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
         r = await sync(R2, "r2")
         assert r.maps_rewritten == (str(Layout.at(cfg.gateway.state_dir).weight_map("chat")),)
         await at(70)
+        marks["l2_running_at_kill"] = await busy("l2", 2)  # a spot loss at the worst moment: mid-stream
         marks["kill"] = time.time()
         fleet.procs.kill("l2")
         await at(80)
@@ -409,6 +424,7 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
         r = await sync(R2, "l3_added")
         assert r.added == ("chat__L4x1/l3",)
         await at(100)
+        marks["a1_running_at_drain"] = await busy("a1", 1)  # so the drain has streams to wait for
         fleet.set("a1", "draining")
         r = await sync(R2, "drain")
         marks["drain_applied"] = time.time()
@@ -471,8 +487,13 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
         assert len(fleet.arrivals(name)) > 0
     late = [t for t in fleet.arrivals("a1") if t > marks["drain_applied"] + 0.05]
     assert not late, f"a1 got {len(late)} request(s) after its drain"
-    report["drain"] = {"connections_at_drain": marks["drain_busy_max"],
+    report["drain"] = {"requests_running_at_drain": marks["a1_running_at_drain"],
+                       "connections_reported_busy": marks["drain_busy_max"],
                        "seconds_to_drain": round(marks["drained"] - marks["drain_applied"], 2)}
+    assert marks["a1_running_at_drain"] >= 1 and marks["drain_busy_max"] >= 1
+    in_flight_at_drain = [s for s in sent if by_id[s.rid].server == "a1" and s.t0 < marks["drain"]
+                          and s.t_end > marks["drain_applied"]]
+    assert in_flight_at_drain and all(s.status == 200 and s.error is None for s in in_flight_at_drain)
 
     # 4. the SIGKILLed replica: only requests it was already streaming are lost
     failed = [s for s in sent if s.status != 200 or s.error is not None or s.tokens != s.max_tokens]
@@ -481,8 +502,10 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
     on_l2 = [s for s in failed if by_id[s.rid].server == "l2"]
     assert len(on_l2) == len(failed), "a request failed on a replica that was not killed"
     retried = [r for r in records if r.retries > 0 and r.timestamp >= marks["kill"]]
-    report["kill"] = {"lost_mid_stream": len(failed), "lost_before_streaming": len(not_started),
-                      "retried_elsewhere": sum(1 for r in retried if r.status == 200)}
+    report["kill"] = {"requests_running_at_kill": marks["l2_running_at_kill"],
+                      "lost_mid_stream": len(failed), "lost_before_streaming": len(not_started),
+                      "retried_elsewhere": sum(1 for r in retried if r.status == 200 and r.redispatched)}
+    assert marks["l2_running_at_kill"] >= 2 and failed  # the kill did hit streams
 
     # 5. conservative buckets after the fit: nothing past a pool's context, few below their own bucket
     after = [s for s in sent if s.t0 > marks["fit"] + m]

@@ -23,6 +23,7 @@ edges, the top one above all, stay on the conservative side of the model's conte
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -120,3 +121,33 @@ def edges_moved(current: tuple[int, ...] | None, new: tuple[int, ...], tolerance
         if abs(b - a) > tolerance * max(a, 1):
             return True
     return False
+
+
+class BytesPerTokenTracker:
+    """The last `window` (request bytes, prompt tokens) pairs per service, and their fit.
+
+    What the loop keeps between ticks: feed it each tick's new gateway log records
+    (`add(service, bytes_token_pairs(records, service))`), pass `fits()` to the sync.
+    A service without enough pairs yet is absent, so the sync keeps its current bucket map.
+    """
+
+    def __init__(self, quantile: float = 0.02, min_samples: int = 200, window: int = 5000):
+        self.quantile = quantile
+        self.min_samples = min_samples
+        self._pairs: dict[str, deque] = {}
+        self._window = window
+
+    def add(self, service: str, pairs: Iterable[tuple[int, int]]) -> None:
+        d = self._pairs.setdefault(service, deque(maxlen=self._window))
+        d.extend(pairs)
+
+    def fit(self, service: str) -> BytesPerToken | None:
+        return fit_bytes_per_token(self._pairs.get(service, ()), self.quantile, self.min_samples)
+
+    def fits(self) -> dict[str, BytesPerToken]:
+        out = {}
+        for s in self._pairs:
+            f = self.fit(s)
+            if f is not None:
+                out[s] = f
+        return out

@@ -37,7 +37,7 @@ class GatewayLogError(ValueError):
 class GatewayRequest:
     timestamp: float  # accepted at, epoch seconds (UTC)
     request_id: str | None  # the client's X-Request-Id header
-    service: str | None  # None: the request named no configured service (answered 404)
+    service: str | None  # as the request named it (an unknown one is answered 404); None: it named none
     bucket: int | None  # input bucket the gateway put it in (by size)
     pool: str | None  # e.g. "A10Gx1"; None: no pool took it (404, no route)
     server: str | None  # replica (HAProxy server name); None: none was reached

@@ -143,7 +143,10 @@ def render_haproxy_cfg(cfg: Config, generated_by: str = "fleetctl gateway config
             "    http-request set-path %[path,regsub(^/[^/]*/?,/)] if known_service",
         ]
     if gw.default_service:
-        out.append(f"    http-request set-var(txn.svc) str({gw.default_service}) if !known_service")
+        # header: only a request without the header (a misspelt service stays a 404);
+        # path: a first segment that is no service (/v1/...) is the default service's path
+        cond = "!{ var(txn.svc) -m found }" if gw.service_by == "header" else "!known_service"
+        out.append(f"    http-request set-var(txn.svc) str({gw.default_service}) if {cond}")
     out += [
         "    http-request return status 404 content-type application/json string '"
         + _json_error(404, "no such service", "NotFoundError") + "' if !known_service",
