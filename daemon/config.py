@@ -81,6 +81,12 @@ class SimulatedProviderConfig(_Model):
     # JSON file the simulated cloud keeps its machines in, so they outlive a fleetd restart
     # as a real cloud's do (unset: in memory only, as a replay wants).
     state_file: str | None = None
+    # Run each instance's replica as a real local process (providers/local_replica.py, an
+    # OpenAI-compatible server with a latency model) on a free loopback port: RUNNING means it
+    # answers /health, its endpoint points there, terminate stops it, a spot loss SIGKILLs it.
+    replica_processes: bool = False
+    replica_args: list[str] = []  # extra arguments, e.g. ["--max-model-len", "8192", "--tpot-s", "0.02"]
+    replica_dir: str | None = None  # port/pid files and logs (unset: next to state_file, else a temp dir)
 
     @field_validator("launch_latency_s")
     @classmethod
@@ -341,6 +347,7 @@ class Config(_Model):
     solver: SolverConfig = SolverConfig()
     metrics: MetricsConfig = MetricsConfig()
     leader: LeaderConfig = LeaderConfig()
+    gateway: "GatewayConfig" = Field(default_factory=lambda: GatewayConfig())
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
@@ -356,6 +363,8 @@ class Config(_Model):
                     f"capacity[{k}].tputs must be {grid.n_input} rows x {grid.n_output} columns "
                     f"(the [buckets] grid), got {len(entry.tputs)} rows"
                 )
+        if self.gateway.default_service is not None and self.gateway.default_service not in names:
+            raise ValueError(f"gateway.default_service {self.gateway.default_service!r} is not a service ({names})")
         return self
 
 
@@ -429,6 +438,81 @@ class ForecastConfig(_Model):
     # (no statsmodels: the peak of the last policy.scale_down_delay_s, SkyServe-style).
     model: str = "auto"
     min_history_days: NonNegFloat = 2.0  # less: the recent-peak rule
+
+
+# --- the gateway: HAProxy in front of the fleet (issue 14; daemon/gateway) ---
+
+
+class GatewayConfig(_Model):
+    """HAProxy in front of the fleet, kept in step with the plan through its Runtime API.
+
+    `fleetctl gateway config` renders haproxy.cfg from this section, the services and the
+    bucket grid; the daemon's gateway sync (daemon/gateway/sync.py) then drives the running
+    HAProxy and keeps `state_dir` (map files, backends.cfg) equal to what it applied.
+    """
+
+    enabled: bool = False
+    haproxy: str = "haproxy"  # binary (fleetctl gateway config --check runs `haproxy -c`)
+    socket: str = "/run/gpufleet/haproxy.sock"  # Runtime API (admin level), a unix socket
+    state_dir: str = "/var/lib/gpufleet/gateway"  # map files and backends.cfg, rewritten by each sync
+    listen: str = "127.0.0.1:8080"  # where clients connect (loopback unless you mean otherwise)
+    # How a request names its service: a header, or the first path segment (/chat/v1/...,
+    # stripped before the replica sees it). Not the JSON `model` field: clients put `messages`
+    # first, so on long prompts `model` lies beyond what HAProxy buffers.
+    service_by: Literal["header", "path"] = "header"
+    service_header: str = "X-Fleet-Service"
+    default_service: str | None = None  # requests naming no service go here (unset: 404); see render.py
+    gpu_counts: list[Annotated[int, Field(ge=1)]] = [1, 2, 4, 8]  # one backend per (service, GPU x count)
+    retries: Annotated[int, Field(ge=0, le=10)] = 3  # per request, each on another replica (redispatch)
+    connect_timeout_s: PositiveFloat = 2.0
+    # Replica silent this long (no first token, or no next token) ends the request; before the
+    # first byte it is retried elsewhere (retry-on response-timeout).
+    server_timeout_s: PositiveFloat = 300.0
+    client_timeout_s: PositiveFloat = 300.0
+    queue_timeout_s: PositiveFloat = 30.0
+    health_path: str = "/health"
+    health_interval_s: PositiveFloat = 2.0
+    health_fall: Annotated[int, Field(ge=1)] = 2
+    health_rise: Annotated[int, Field(ge=1)] = 2
+    # HAProxy's buffer (tune.bufsize): only a request that fits in one buffer can be retried after
+    # it was sent (a replica that died before answering), so it should hold the longest prompt.
+    buffer_bytes: Annotated[int, Field(ge=16384)] = 131072
+    maxconn: Annotated[int, Field(ge=1)] = 4096
+    log: str = "stdout"  # HAProxy log target for the per-request JSON lines: stdout, stderr, /dev/log, udp@host:port
+    stats_listen: str | None = None  # e.g. "127.0.0.1:8404": HAProxy's stats page and /metrics
+    # Bytes per prompt token before any fit, and the fit: request bytes = overhead + bpt x tokens,
+    # fitted per service from the gateway's own log; bucket edges use the `quantile` of bpt so that
+    # a request lands in its own input bucket or a higher one, rarely a lower one.
+    bytes_per_token: PositiveFloat = 3.0
+    bytes_per_token_quantile: Annotated[float, Field(gt=0, lt=0.5)] = 0.02
+    bytes_per_token_min_samples: Annotated[int, Field(ge=10)] = 200
+    bucket_map_change: Annotated[float, Field(ge=0, lt=1)] = 0.05  # rewrite the bucket map when an edge moves more
+
+    @field_validator("listen", "stats_listen")
+    @classmethod
+    def _host_port(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"must be HOST:PORT, got {v!r}")
+        return v
+
+    @field_validator("health_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/") or any(c.isspace() for c in v):
+            raise ValueError(f"must be an absolute path without spaces, got {v!r}")
+        return v
+
+    @field_validator("service_header")
+    @classmethod
+    def _header(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9-]+", v):
+            raise ValueError(f"must be a header name (letters, digits, '-'), got {v!r}")
+        return v
 
 
 ServiceConfig.model_rebuild()

@@ -118,6 +118,7 @@ class SimulatedProvider:
         self._outage_rng: dict[str, random.Random] = {}
         self.preemption_log: list[tuple[datetime, str, str]] = []  # (time, location, instance)
         self._state_path = Path(cfg.state_file) if cfg.state_file else None
+        self._processes = self._replica_processes(cfg)  # None unless replica_processes
         if self._state_path is not None and self._state_path.exists():
             self._load_state()
 
@@ -155,6 +156,8 @@ class SimulatedProvider:
             name=request.name, offering=off, status=InstanceStatus.PENDING, since=now,
             ready_at=now + timedelta(seconds=latency), will_fail=will_fail,
         )
+        if self._processes is not None:
+            self._processes.start(request.name, request.model)
         self._save_state()
 
     def terminate(self, name: str) -> None:
@@ -164,6 +167,8 @@ class SimulatedProvider:
             return
         inst.status = InstanceStatus.TERMINATED
         inst.since = now
+        if self._processes is not None:
+            self._processes.stop(name)
         self._save_state()
 
     def list(self) -> list[ProviderInstance]:
@@ -172,7 +177,7 @@ class SimulatedProvider:
         for inst in self._instances.values():
             out.append(ProviderInstance(
                 name=inst.name, status=inst.status, offering_key=inst.offering.key,
-                endpoint=f"http://{inst.name}.sim:8000" if inst.status is InstanceStatus.RUNNING else None,
+                endpoint=self._endpoint(inst) if inst.status is InstanceStatus.RUNNING else None,
                 failure=inst.failure, detail=inst.detail, since=inst.since,
             ))
         return out
@@ -193,14 +198,16 @@ class SimulatedProvider:
             lost_at = self._first_loss(inst.offering.location, max(last, inst.since), min(now, inst.ready_at)) if spot else None
             if lost_at is not None:
                 self._preempt(inst, lost_at)
-            elif inst.ready_at <= now:
-                inst.since = inst.ready_at
+            elif inst.ready_at <= now and self._booted(inst):
+                # with a replica process: ready when it was seen answering, not before
+                inst.since = inst.ready_at if self._processes is None else now
                 if inst.will_fail:
                     inst.status = InstanceStatus.FAILED
                     inst.failure = FailureKind.OTHER
                     inst.detail = "server did not become healthy"
                 else:
                     inst.status = InstanceStatus.RUNNING
+        self._check_processes(now)
         for inst in self._instances.values():
             if inst.status is InstanceStatus.RUNNING and inst.offering.market is Market.SPOT:
                 lost_at = self._first_loss(inst.offering.location, max(last, inst.since), now)
@@ -257,6 +264,48 @@ class SimulatedProvider:
         inst.since = at
         inst.detail = f"spot capacity lost in {inst.offering.location}"
         self.preemption_log.append((at, inst.offering.location, inst.name))
+        if self._processes is not None:
+            self._processes.kill(inst.name)
+
+    # -- replicas as local processes (replica_processes = true) -----------------------
+
+    @staticmethod
+    def _replica_processes(cfg: SimulatedProviderConfig):
+        if not cfg.replica_processes:
+            return None
+        from providers.replica_processes import ReplicaProcesses
+
+        run_dir = cfg.replica_dir or (cfg.state_file + ".replicas" if cfg.state_file else None)
+        return ReplicaProcesses(run_dir, cfg.replica_args)
+
+    def _endpoint(self, inst: _SimInstance) -> str | None:
+        if self._processes is None:
+            return f"http://{inst.name}.sim:8000"
+        return self._processes.endpoint(inst.name)
+
+    def _booted(self, inst: _SimInstance) -> bool:
+        """Without processes the launch latency is the boot; with them, /health must answer too."""
+        if self._processes is None or inst.will_fail:
+            return True
+        return self._processes.healthy(inst.name)
+
+    def _check_processes(self, now: datetime) -> None:
+        """A replica process that died on its own is a machine that broke."""
+        if self._processes is None:
+            return
+        for inst in self._instances.values():
+            if inst.status is InstanceStatus.FAILED and self._processes.alive(inst.name):
+                self._processes.stop(inst.name)  # never became healthy (will_fail): stop the server
+            if inst.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING) and not self._processes.alive(inst.name):
+                inst.status = InstanceStatus.FAILED
+                inst.failure = FailureKind.OTHER
+                inst.detail = "replica process exited"
+                inst.since = now
+
+    def close(self) -> None:
+        """Stop every replica process (tests, demos); the simulated machines stay in the state."""
+        if self._processes is not None:
+            self._processes.stop_all()
 
     def _trace_for(self, location: str) -> AvailabilityTrace | None:
         zone = location.rsplit("/", 1)[-1]

@@ -37,6 +37,7 @@ def _register_subcommands() -> None:
     app.add_typer(profile_app, name="profile")
     app.add_typer(plan_app, name="plan")
     app.add_typer(offerings_app, name="offerings")
+    app.add_typer(__import__("daemon.cli.gateway_cmd", fromlist=["app"]).app, name="gateway")
 
 
 _register_subcommands()
