@@ -26,14 +26,23 @@ def recent_mix(history: list[DemandWindow], grid: BucketGrid):
     return tuple(tuple(c / n for c in row) for row in totals)
 
 
+def _since(history: list[DemandWindow], t: datetime) -> list[DemandWindow]:
+    """The windows starting at or after `t`; `history` is in time order, so only its tail is read."""
+    k = len(history)
+    while k > 0 and history[k - 1].start >= t:
+        k -= 1
+    return history[k:]
+
+
 def recent_peak(history: list[DemandWindow], service: str, now: datetime, horizon_s: float,
                 grid: BucketGrid, peak_window_s: float) -> DemandForecast:
-    recent = [w for w in history if w.start >= now - timedelta(seconds=peak_window_s)]
+    """`history` in time order (as the loop keeps it); every tick reads only its recent end."""
+    recent = _since(history, now - timedelta(seconds=peak_window_s))
     peak = max((w.rate for w in recent), default=0.0)
     mix_from = now - timedelta(seconds=max(peak_window_s, 3600.0))  # the last hour's mix at least
     return DemandForecast(
         service=service, at=now, horizon_s=horizon_s, rate_rps=peak,
-        mix=recent_mix([w for w in history if w.start >= mix_from], grid),
+        mix=recent_mix(_since(history, mix_from), grid),
         method="recent_peak", quantile=1.0,
         details={"windows": len(recent), "peak_window_s": peak_window_s},
     )

@@ -120,11 +120,11 @@ def run_tick(loop: Loop) -> TickResult:
         inputs, the_plan = plan_phase(loop, obs, live, forecasts, now)
         rec = reconcile_phase(loop, obs, live, the_plan, now)
         mode = "paused" if loop.cfg.policy.paused else "dry_run" if loop.cfg.policy.dry_run else "apply"
-        decision_id = record_intent(loop, obs, live, forecasts, inputs, the_plan, rec, mode, now)
+        decision_id, final = record_intent(loop, obs, live, forecasts, inputs, the_plan, rec, mode, now)
         launches = terminations = 0
-        if mode == "apply":
-            launches, terminations = apply(loop, now, decision_id)
-        return finish(loop, obs, forecasts, the_plan, rec, mode, launches, terminations, decision_id, now, t0)
+        if not final:
+            launches, terminations = apply(loop, obs, rec, now, decision_id)
+        return finish(loop, obs, forecasts, the_plan, rec, mode, launches, terminations, decision_id, final, now, t0)
     except Exception as e:  # a failing tick must not stop the loop (DESIGN-NOTES: no asserts in the loop)
         return _record_failure(loop, now, decision_id, e)
 
@@ -139,6 +139,7 @@ def observe(loop: Loop, now: datetime) -> Observation:
     # effect at their launch; the decision records when the prices it used were read.
     snap = provider.offerings_snapshot()
     polls, problems = poll_demand(loop, now)
+    unavailable = provider.unavailable_markets(now)
     with store.session() as s:
         sync = sync_from_provider(s, list(listed), now)
         for p in polls:
@@ -146,13 +147,17 @@ def observe(loop: Loop, now: datetime) -> Observation:
             Store.save_cursor(s, p.service, loop.sources[p.service].kind, p.cursor, now)
         for svc, msg in problems:
             Store.alert(s, now, "warning", "demand_input", msg[:4000], service=svc)
+        loaded = None if loop.state.has_history() else load_history(cfg, s, now)
+        # The usual tick has nothing to clean up: the fleet as synced is the fleet (one transaction).
+        fleet = None if sync.orphans else read_fleet_state(cfg, s, now, list(snap.offerings), unavailable,
+                                                           rows=[r for r in sync.rows if r.state not in TERMINAL])
     # The windows and cursors are committed: only now may the sources move.
     for p in polls:
         loop.sources[p.service].commit(p)
     clean_up(loop, sync, snap.offerings, now)
-    with store.session() as s:
-        loaded = None if loop.state.has_history() else load_history(cfg, s, now)
-        fleet = read_fleet_state(cfg, s, now, list(snap.offerings), provider.unavailable_markets(now))
+    if fleet is None:  # orphans were adopted or terminated: read the fleet again
+        with store.session() as s:
+            fleet = read_fleet_state(cfg, s, now, list(snap.offerings), unavailable)
     new = [w for p in polls for w in p.windows]
     history = loop.state.extend_history(loaded, [] if loaded is not None else new,
                                         history_since(now, cfg.loop.history_s))
@@ -186,8 +191,11 @@ def load_history(cfg: Config, s, now: datetime) -> dict[str, list]:
     return {svc.name: Store.demand_history(s, svc.name, grid, since) for svc in cfg.services}
 
 
-def read_fleet_state(cfg: Config, s, now: datetime, offerings: list, provider_unavailable=frozenset()) -> FleetState:
-    rows = Store.instances(s, states=frozenset(State) - TERMINAL)
+def read_fleet_state(cfg: Config, s, now: datetime, offerings: list, provider_unavailable=frozenset(),
+                     rows: list | None = None) -> FleetState:
+    """`rows`: the non-terminal instances, when the caller has just read them in this session."""
+    if rows is None:
+        rows = Store.instances(s, states=frozenset(State) - TERMINAL)
     pol = cfg.policy
     day = timedelta(hours=24)
     cooldown = timedelta(seconds=pol.market_cooldown_s)
@@ -300,36 +308,47 @@ def reconcile_phase(loop: Loop, obs: Observation, live: Liveness, the_plan: Plan
 # -- record intent (txn 2) --------------------------------------------------------------------
 
 def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[str, DemandForecast],
-                  inputs: PlanInputs, the_plan: Plan, rec: Reconciliation, mode: str, now: datetime) -> int:
-    """The decision and every intent, in one transaction, before the provider hears of any."""
+                  inputs: PlanInputs, the_plan: Plan, rec: Reconciliation, mode: str, now: datetime) -> tuple[int, bool]:
+    """The decision and every intent, in one transaction, before the provider hears of any.
+
+    Returns (decision id, final): a tick with nothing to apply (no action, no intent left
+    over; or a dry run / pause) is complete here, and `finish` has nothing to write.
+    """
     cfg = loop.cfg
     new_windows = obs.windows
+    final = mode != "apply" or not (rec.actions or _pending(obs))
     with loop.store.session() as s:
-        d = Store.start_decision(s, now)
-        d.plan_status = the_plan.status
-        d.solver = the_plan.solver
-        d.solve_seconds = the_plan.solve_seconds
-        d.planned_cost_per_hour = the_plan.cost_per_hour
-        d.forecast_rps = sum(f.rate_rps for f in forecasts.values())
-        d.observed_rps = sum(w.rate for w in new_windows) if new_windows else None
-        d.forecast = {k: forecast_dict(v) for k, v in forecasts.items()}
-        d.plan = plan_dict(the_plan)
-        d.actions = [a.as_dict() for a in rec.actions]
-        d.inputs = {
-            "new_windows": len(new_windows), "unavailable": sorted(inputs.unavailable),
-            "prices_read_at": obs.prices_read_at.isoformat() if obs.prices_read_at else None,
-            "offerings": len(obs.offerings), "fleet": dict(Counter(f.state for f in obs.fleet.fleet)),
-            "synced": obs.sync.summary(), "mode": mode,
-            "skipped_for_budget": rec.skipped_for_budget, "skipped_for_limits": rec.skipped_for_limits,
-            "held_for_make_before_break": rec.held_for_make_before_break,
-            "backoff": {k: b.failures for k, b in sorted(obs.fleet.backoff.items())},
-        }
+        d = Store.start_decision(
+            s, now, plan_status=the_plan.status, solver=the_plan.solver, solve_seconds=the_plan.solve_seconds,
+            planned_cost_per_hour=the_plan.cost_per_hour, forecast_rps=sum(f.rate_rps for f in forecasts.values()),
+            observed_rps=sum(w.rate for w in new_windows) if new_windows else None,
+            forecast={k: forecast_dict(v) for k, v in forecasts.items()}, plan=plan_dict(the_plan),
+            actions=[a.as_dict() for a in rec.actions],
+            inputs={
+                "new_windows": len(new_windows), "unavailable": sorted(inputs.unavailable),
+                "prices_read_at": obs.prices_read_at.isoformat() if obs.prices_read_at else None,
+                "offerings": len(obs.offerings), "fleet": dict(Counter(f.state for f in obs.fleet.fleet)),
+                "synced": obs.sync.summary(), "mode": mode,
+                "skipped_for_budget": rec.skipped_for_budget, "skipped_for_limits": rec.skipped_for_limits,
+                "held_for_make_before_break": rec.held_for_make_before_break,
+                "backoff": {k: b.failures for k, b in sorted(obs.fleet.backoff.items())},
+            },
+            **({"outcome": "applied" if mode == "apply" else mode, "fleet_cost_per_hour": _billable(obs)}
+               if final else {}),
+        )
         _decision_alerts(s, cfg, obs, live, the_plan, rec, now, d.id)
         if mode == "apply":
             _record_intents(s, loop, rec.actions, obs.offerings, now, d.id)
-        else:
-            d.outcome = mode
-        return d.id
+        return d.id, final
+
+
+def _pending(obs: Observation) -> bool:
+    """Intents in the store that apply must carry out (a crash can leave them)."""
+    return any(State(f.state) in (State.REQUESTED, State.TERMINATING) for f in obs.fleet.fleet)
+
+
+def _billable(obs: Observation) -> float:
+    return sum(f.offering.price_per_hour for f in obs.fleet.fleet if State(f.state) in BILLABLE)
 
 
 def _decision_alerts(s, cfg: Config, obs: Observation, live: Liveness, the_plan: Plan, rec: Reconciliation,
@@ -392,7 +411,7 @@ def _record_intents(s, loop: Loop, actions: tuple[Action, ...], offerings, now: 
 
 # -- apply ------------------------------------------------------------------------------------
 
-def apply(loop: Loop, now: datetime, decision_id: int) -> tuple[int, int]:
+def apply(loop: Loop, obs: Observation, rec: Reconciliation, now: datetime, decision_id: int) -> tuple[int, int]:
     """Call the provider for every pending intent in the store, not only this tick's.
 
     An intent left by a crash (REQUESTED, or TERMINATING not yet confirmed) is
@@ -402,6 +421,8 @@ def apply(loop: Loop, now: datetime, decision_id: int) -> tuple[int, int]:
 
     store, provider = loop.store, loop.provider
     launches = terminations = 0
+    if not rec.actions and not _pending(obs):
+        return 0, 0  # nothing this tick asked for, nothing left over: no provider call, no query
     svc_model = {s.name: s.model for s in loop.cfg.services}
     with store.session() as s:
         todo = Store.instances(s, frozenset({State.REQUESTED, State.TERMINATING}))
@@ -438,18 +459,25 @@ def apply(loop: Loop, now: datetime, decision_id: int) -> tuple[int, int]:
 # -- finish (txn 3) -------------------------------------------------------------------------
 
 def finish(loop: Loop, obs: Observation, forecasts: dict[str, DemandForecast], the_plan: Plan, rec: Reconciliation,
-           mode: str, launches: int, terminations: int, decision_id: int, now: datetime, t0: float) -> TickResult:
+           mode: str, launches: int, terminations: int, decision_id: int, final: bool, now: datetime,
+           t0: float) -> TickResult:
     outcome = "applied" if mode == "apply" else mode
-    with loop.store.session() as s:
-        live = Store.fleet_rows(s)
-        running: Counter = Counter()
-        serving = []
-        for r in live:
-            if r.state == State.RUNNING:
-                running[(r.service, r.pool)] += 1
-                serving.append((r.name, r.service, r.pool, r.offering_key, r.endpoint))
-        Store.finish_decision(s, decision_id, outcome, launches, terminations,
-                              sum(r.price_per_hour for r in live if r.state in BILLABLE))
+    running: Counter = Counter()
+    serving = []
+    if final:  # nothing was applied: the fleet is as observed, and the decision is written
+        for f in obs.fleet.fleet:
+            if State(f.state) is State.RUNNING:
+                running[(f.service, f.offering.pool)] += 1
+                serving.append((f.name, f.service, f.offering.pool, f.offering.key, f.endpoint))
+    else:
+        with loop.store.session() as s:
+            live = Store.fleet_rows(s)
+            for r in live:
+                if r.state == State.RUNNING:
+                    running[(r.service, r.pool)] += 1
+                    serving.append((r.name, r.service, r.pool, r.offering_key, r.endpoint))
+            Store.finish_decision(s, decision_id, outcome, launches, terminations,
+                                  sum(r.price_per_hour for r in live if r.state in BILLABLE))
     if mode == "apply":
         _publish(loop, the_plan, obs, serving, now, decision_id)
     log.info("tick", decision=decision_id, outcome=outcome,

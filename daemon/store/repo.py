@@ -67,7 +67,7 @@ def fleet_instance(row: Instance) -> FleetInstance:
     return FleetInstance(
         id=row.id, name=row.name, service=row.service, offering=offering_of(row), state=row.state,
         launched_at=row.launched_at, ready_at=row.ready_at, drain_until=row.drain_until,
-        state_since=row.state_since, last_reason=row.last_reason,
+        state_since=row.state_since, last_reason=row.last_reason, endpoint=row.endpoint,
     )
 
 
@@ -240,8 +240,9 @@ class Store:
     # -- decisions and alerts -------------------------------------------------------
 
     @staticmethod
-    def start_decision(s: Session, at: datetime) -> Decision:
-        d = Decision(at=at, outcome="started", launches=0, terminations=0)
+    def start_decision(s: Session, at: datetime, **fields) -> Decision:
+        """A decision row, `started` unless told otherwise, inserted now (its id names the intents)."""
+        d = Decision(at=at, **{"outcome": "started", "launches": 0, "terminations": 0, **fields})
         s.add(d)
         s.flush()
         return d
