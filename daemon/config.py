@@ -214,6 +214,9 @@ class PolicyConfig(_Model):
     dry_run: bool = False  # plan and record, never call the provider
     paused: bool = False  # plan and record, never act; existing instances stay
     spot_loss_coverage: Annotated[float, Field(ge=0, le=1)] = 0.8
+    # solver.coverage = "risk": the share of demand a plan may expect to leave unserved through
+    # spot losses (hazard x time to replace x what a loss leaves unserved, summed over locations).
+    spot_risk_budget: Annotated[float, Field(ge=0, le=1)] = 0.002
     min_on_demand_share: Annotated[float, Field(ge=0, le=1)] = 0.0
     market_cooldown_s: NonNegFloat = 600.0  # a spot market that failed/preempted gets nothing for this long
     # A launch not healthy this long after the provider accepted it is failed, terminated and
@@ -285,7 +288,11 @@ class SolverConfig(_Model):
     default_preemptions_per_hour: NonNegFloat = 0.02  # spot hazard of a location with no history
     unserved_penalty_per_rps: PositiveFloat | None = None  # $/h per req/s left unserved; None: derived
     routes_path: str | None = None  # where the gateway routing table JSON is written
-    coverage: Literal["reroute", "pool"] = "reroute"  # zone loss: fleet may reroute / each pool keeps beta
+    # Zone loss: "reroute" (after losing any spot location the fleet, rerouted, still serves
+    # policy.spot_loss_coverage of demand), "pool" (each pool keeps that share), or "risk"
+    # (the expected share of demand lost to spot losses stays within policy.spot_risk_budget,
+    # with spot_loss_coverage as a floor for any one loss).
+    coverage: Literal["reroute", "pool", "risk"] = "reroute"
     spot_locations_per_pool: Annotated[int, Field(ge=0)] = 8  # spot candidates: k cheapest zones per pool; 0 = all
     max_upfront_scenarios: Annotated[int, Field(ge=0)] = 64  # zone-loss scenarios per service built at once; more: lazily
 
