@@ -11,7 +11,8 @@
    They are printed first and apart; days 2-6 after them. Per pool and horizon:
    pinball@p90 (req/s), p90 coverage, MASE (scale: one-step naive MAE of days
    0-6), the gain over the better naive baseline, and the spread over origins
-   (the gain on each day). Baselines (forecast.backtest.naive_forecasts, written
+   (the gain on each day, and with the hourly refits shifted by 20 and 40
+   minutes: how much a figure owes to where the refits fall). Baselines (forecast.backtest.naive_forecasts, written
    apart from the model): last value and yesterday's window, each with the
    usual band: the p90 of its own errors over the trailing day.
    Target (issue 15): auto >= 15% better than the better naive at 60 min and
