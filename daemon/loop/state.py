@@ -26,6 +26,13 @@ class LoopState:
     forecast_states: dict = field(default_factory=dict)
     last_forecasts: dict[str, DemandForecast] = field(default_factory=dict)
     last_plan: tuple | None = None  # (Plan, PlanBasis) of the last acceptable solve
+    # The market events (preemptions, launch outcomes) the market rules read, as last queried;
+    # None after any transition this loop wrote, so the next tick reads them again.
+    market_events: list | None = None
+    # The provider listing of the last sync that changed nothing, and the instance rows it read:
+    # while the listing stays the same and nothing is written, the next sync would change nothing.
+    synced_listing: tuple | None = None
+    synced_rows: list | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def extend_history(self, loaded: dict[str, list[DemandWindow]] | None, new: list[DemandWindow],
@@ -45,6 +52,18 @@ class LoopState:
                 if k:
                     del ws[:k]
             return {name: list(ws) for name, ws in self.history.items()}
+
+    def store_changed(self) -> None:
+        """A transition was written: what was cached from the store is stale."""
+        self.market_events = None
+        self.synced_listing = None
+        self.synced_rows = None
+
+    def remember_sync(self, listing: tuple, rows: list) -> None:
+        self.synced_listing, self.synced_rows = listing, list(rows)
+
+    def unchanged_since_sync(self, listing: tuple) -> bool:
+        return self.synced_rows is not None and self.market_events is not None and self.synced_listing == listing
 
     def has_history(self) -> bool:
         with self._lock:

@@ -123,6 +123,7 @@ def run_tick(loop: Loop) -> TickResult:
         decision_id, final = record_intent(loop, obs, live, forecasts, inputs, the_plan, rec, mode, now)
         launches = terminations = 0
         if not final:
+            loop.state.store_changed()  # intents and provider answers are transitions
             launches, terminations = apply(loop, obs, rec, now, decision_id)
         return finish(loop, obs, forecasts, the_plan, rec, mode, launches, terminations, decision_id, final, now, t0)
     except Exception as e:  # a failing tick must not stop the loop (DESIGN-NOTES: no asserts in the loop)
@@ -140,8 +141,14 @@ def observe(loop: Loop, now: datetime) -> Observation:
     snap = provider.offerings_snapshot()
     polls, problems = poll_demand(loop, now)
     unavailable = provider.unavailable_markets(now)
+    listing = _listing_key(listed)
     with store.session() as s:
-        sync = sync_from_provider(s, list(listed), now)
+        if loop.state.unchanged_since_sync(listing):
+            # Same provider answer as the last sync, and no transition written since: syncing
+            # again would change nothing (the usual quiet tick; no instance query).
+            sync = SyncResult(rows=list(loop.state.synced_rows))
+        else:
+            sync = sync_from_provider(s, list(listed), now)
         for p in polls:
             Store.add_demand_windows(s, list(p.windows))
             Store.save_cursor(s, p.service, loop.sources[p.service].kind, p.cursor, now)
@@ -149,8 +156,16 @@ def observe(loop: Loop, now: datetime) -> Observation:
             Store.alert(s, now, "warning", "demand_input", msg[:4000], service=svc)
         loaded = None if loop.state.has_history() else load_history(cfg, s, now)
         # The usual tick has nothing to clean up: the fleet as synced is the fleet (one transaction).
+        # Market events change only by transitions this loop writes: read again after any.
+        if sync.transitions or sync.orphans:
+            loop.state.store_changed()
+        if loop.state.market_events is None:
+            loop.state.market_events = Store.events_since(s, now - market_lookback(cfg), MARKET_REASONS)
+        rows = [r for r in sync.rows if r.state not in TERMINAL]
         fleet = None if sync.orphans else read_fleet_state(cfg, s, now, list(snap.offerings), unavailable,
-                                                           rows=[r for r in sync.rows if r.state not in TERMINAL])
+                                                           rows=rows, events=loop.state.market_events)
+        if not (sync.transitions or sync.orphans) and not _unlisted(rows, listed):
+            loop.state.remember_sync(listing, rows)
     # The windows and cursors are committed: only now may the sources move.
     for p in polls:
         loop.sources[p.service].commit(p)
@@ -162,6 +177,18 @@ def observe(loop: Loop, now: datetime) -> Observation:
     history = loop.state.extend_history(loaded, [] if loaded is not None else new,
                                         history_since(now, cfg.loop.history_s))
     return Observation(listed, snap.read_at, snap.offerings, tuple(polls), sync, history, fleet)
+
+
+def _listing_key(listed) -> tuple:
+    return tuple(sorted((p.name, str(p.status), p.offering_key, p.endpoint, p.healthy, str(p.failure), p.since)
+                        for p in listed))
+
+
+def _unlisted(rows, listed) -> bool:
+    """Whether a started instance is missing from the listing: the sync's grace rules then
+    depend on the clock, so the next tick must sync again."""
+    names = {p.name for p in listed}
+    return any(r.name not in names and r.state != State.REQUESTED for r in rows)
 
 
 def poll_demand(loop: Loop, now: datetime) -> tuple[list[DemandPoll], list[tuple[str, str]]]:
@@ -191,18 +218,31 @@ def load_history(cfg: Config, s, now: datetime) -> dict[str, list]:
     return {svc.name: Store.demand_history(s, svc.name, grid, since) for svc in cfg.services}
 
 
+MARKET_REASONS = frozenset({Reason.PREEMPTED}) | FAILURE_REASONS | SUCCESS_REASONS
+
+
+def market_lookback(cfg: Config) -> timedelta:
+    pol = cfg.policy
+    return max(timedelta(hours=24), timedelta(seconds=2 * pol.max_market_cooldown_s),
+               timedelta(seconds=pol.market_cooldown_s), timedelta(seconds=cfg.loop.tick_interval_s * 2))
+
+
 def read_fleet_state(cfg: Config, s, now: datetime, offerings: list, provider_unavailable=frozenset(),
-                     rows: list | None = None) -> FleetState:
-    """`rows`: the non-terminal instances, when the caller has just read them in this session."""
+                     rows: list | None = None, events: list | None = None) -> FleetState:
+    """`rows`: the non-terminal instances, when the caller has just read them in this session;
+    `events`: the market events since `now - market_lookback(cfg)` or earlier, when known."""
     if rows is None:
         rows = Store.instances(s, states=frozenset(State) - TERMINAL)
     pol = cfg.policy
     day = timedelta(hours=24)
     cooldown = timedelta(seconds=pol.market_cooldown_s)
     recent = timedelta(seconds=cfg.loop.tick_interval_s * 2)
-    lookback = max(day, timedelta(seconds=2 * pol.max_market_cooldown_s), cooldown, recent)
-    # One query for every market rule below: this runs every tick.
-    events = Store.events_since(s, now - lookback, {Reason.PREEMPTED} | FAILURE_REASONS | SUCCESS_REASONS)
+    lookback = market_lookback(cfg)
+    # One query for every market rule below (this runs every tick), or none when known.
+    if events is None:
+        events = Store.events_since(s, now - lookback, MARKET_REASONS)
+    else:
+        events = [e for e in events if e.at >= now - lookback]
     preempted = [e for e in events if e.reason == Reason.PREEMPTED]
     backoff = market_backoff([(e.at, e.reason, e.offering_key) for e in events
                               if e.reason in FAILURE_REASONS or e.reason in SUCCESS_REASONS], pol)
@@ -318,7 +358,7 @@ def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[
     new_windows = obs.windows
     final = mode != "apply" or not (rec.actions or _pending(obs))
     with loop.store.session() as s:
-        d = Store.start_decision(
+        decision_id = Store.insert_decision(
             s, now, plan_status=the_plan.status, solver=the_plan.solver, solve_seconds=the_plan.solve_seconds,
             planned_cost_per_hour=the_plan.cost_per_hour, forecast_rps=sum(f.rate_rps for f in forecasts.values()),
             observed_rps=sum(w.rate for w in new_windows) if new_windows else None,
@@ -336,10 +376,10 @@ def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[
             **({"outcome": "applied" if mode == "apply" else mode, "fleet_cost_per_hour": _billable(obs)}
                if final else {}),
         )
-        _decision_alerts(s, cfg, obs, live, the_plan, rec, now, d.id)
+        _decision_alerts(s, cfg, obs, live, the_plan, rec, now, decision_id)
         if mode == "apply":
-            _record_intents(s, loop, rec.actions, obs.offerings, now, d.id)
-        return d.id, final
+            _record_intents(s, loop, rec.actions, obs.offerings, now, decision_id)
+        return decision_id, final
 
 
 def _pending(obs: Observation) -> bool:
@@ -506,6 +546,7 @@ def _publish(loop: Loop, the_plan: Plan, obs: Observation, serving: list, now: d
 
 
 def _record_failure(loop: Loop, now: datetime, decision_id: int | None, e: Exception) -> TickResult:
+    loop.state.store_changed()  # part of the tick may have committed transitions
     err = f"{type(e).__name__}: {e}"
     log.exception("tick_failed", decision=decision_id, error=err)
     try:

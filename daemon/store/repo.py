@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy import bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,10 @@ from daemon.domain import BucketGrid, DemandWindow, FleetInstance, Market, Offer
 from daemon.private import create_private
 from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State, check_transition
 from daemon.store.schema import Alert, Control, Decision, DemandCursor, DemandWindowRow, Instance, InstanceEvent
+
+
+_CURSOR_UPDATE = (update(DemandCursor.__table__).where(DemandCursor.__table__.c.service == bindparam("svc"))
+                  .values(kind=bindparam("kind"), cursor=bindparam("cursor"), updated_at=bindparam("updated_at")))
 
 
 def make_engine(url: str, durable: bool = True) -> Engine:
@@ -117,11 +121,10 @@ class Store:
     @staticmethod
     def save_cursor(s: Session, service: str, kind: str, cursor: dict, at: datetime) -> None:
         """A demand source's position, in the transaction that stores its windows (an upsert)."""
-        t = DemandCursor.__table__
         values = {"service": service, "kind": kind, "cursor": cursor, "updated_at": at}
-        done = s.execute(update(t).where(t.c.service == service).values(kind=kind, cursor=cursor, updated_at=at))
+        done = s.execute(_CURSOR_UPDATE, {"svc": service, "kind": kind, "cursor": cursor, "updated_at": at})
         if done.rowcount == 0:
-            s.execute(insert(t).values(**values))
+            s.execute(insert(DemandCursor.__table__), values)
 
     @staticmethod
     def cursors(s: Session) -> dict[str, tuple[str, dict]]:
@@ -238,6 +241,13 @@ class Store:
         return [EventRow(*r) for r in s.execute(q)]
 
     # -- decisions and alerts -------------------------------------------------------
+
+    @staticmethod
+    def insert_decision(s: Session, at: datetime, **fields) -> int:
+        """A decision row inserted whole (one INSERT ... RETURNING; the tick writes one every minute)."""
+        values = {"at": at, "outcome": "started", "launches": 0, "terminations": 0, **fields}
+        # Parameters apart from the statement, so SQLAlchemy compiles it once, not every tick.
+        return int(s.execute(insert(Decision).returning(Decision.id), values).scalar_one())
 
     @staticmethod
     def start_decision(s: Session, at: datetime, **fields) -> Decision:
