@@ -26,7 +26,17 @@ class LoopState:
     forecast_states: dict = field(default_factory=dict)
     last_forecasts: dict[str, DemandForecast] = field(default_factory=dict)
     last_plan: tuple | None = None  # (Plan, PlanBasis) of the last acceptable solve
+    # The fencing token of the lease this loop last led with (None: not led yet, or no lease):
+    # a new token means the daemon has just become leader and starts again from the store.
+    led_with: int | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def reset(self) -> None:
+        """Forget what came from the store (history, last plan): a new leader reads it afresh.
+        Fitted forecast models stay: they are functions of the same history, only older."""
+        with self._lock:
+            self.history = None
+            self.last_plan = None
 
     def extend_history(self, loaded: dict[str, list[DemandWindow]] | None, new: list[DemandWindow],
                        since: datetime) -> dict[str, list[DemandWindow]]:
