@@ -91,6 +91,13 @@ class FaultyProvider:
         hit = p > 0 and self._rng.random() < p
         if hit:
             self.injected[key] = self.injected.get(key, 0) + 1
+            journal = self.plan.get("journal")
+            if journal:  # counted where a SIGKILL cannot lose it
+                from datetime import timezone
+
+                with open(journal, "a") as f:
+                    f.write(json.dumps({"at": datetime.now(timezone.utc).isoformat(), "event": "fault", "kind": key,
+                                        "pid": os.getpid()}) + "\n")
         return hit
 
     def _edge(self) -> None:
