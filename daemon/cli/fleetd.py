@@ -185,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
             log.error("job_crashed", job=ev.job_id, error=scrub(ev.exception))
 
     def tick_now() -> None:
+        """Just became leader: tick at once, and fit the forecasts soon (a standby does not fit)."""
         try:
             sched.modify_job("tick", next_run_time=_now())
+            sched.modify_job("forecast_refit", next_run_time=_now() + timedelta(seconds=1))
         except Exception:
             pass  # shutting down
 
