@@ -70,7 +70,7 @@ class FaultyProvider:
 
     def __post_init__(self) -> None:
         self.name = self.inner.name
-        self._mtime: int | None = None
+        self._mtime: tuple | None = None
         self.plan: dict = {}
         self._last_list: list[ProviderInstance] | None = None
         self.injected: dict[str, int] = {}
@@ -79,9 +79,10 @@ class FaultyProvider:
 
     def _reload(self) -> None:
         try:
-            mtime = os.stat(self.path).st_mtime_ns
+            st = os.stat(self.path)
         except OSError:
             return
+        mtime = (st.st_mtime_ns, st.st_size, st.st_ino)  # two writes within one clock tick differ in size
         if mtime != self._mtime:
             self.plan = read_plan(self.path)
             self._mtime = mtime

@@ -160,6 +160,8 @@ class Campaign:
             point = POINTS[k % len(POINTS)]
             # The first pass, or a later one: a later tick, a later launch in the same apply.
             n = 1 if k < len(POINTS) else rng.choice((1, 2, 3, 5))
+            if point == "refit.during":
+                n = 1  # the refit runs a second after the start, then once a minute
             plan.append(Run("aimed", point, n))
         plan += [Run("random", None, None) for _ in range(self.random_kills)]
         plan += [Run("sigterm", None, None) for _ in range(self.sigterms)]
