@@ -75,7 +75,7 @@ misfire_grace_s = 30
 launch_latency_s = [1.0, 3.0]
 stockout_probability = 0.03
 launch_failure_probability = 0.05
-spot_preemptions_per_hour = 40.0
+spot_preemptions_per_hour = 3.0  # per zone-hour: a few zone losses per campaign (each ~30 min: MEAN_OUTAGE_S)
 state_file = "{tmp / 'cloud.json'}"
 [policy]
 spot = true
