@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                             min_remaining_s=lead.fence_margin_s, exclusive=file_lock is not None)
     metrics = FleetMetrics()
     exporter = None
-    if cfg.metrics.enabled:
+    if cfg.metrics.enabled and not args.once:  # nothing scrapes a one-tick process
         try:
             exporter = start_exporter(metrics, cfg.metrics.address, cfg.metrics.port)
         except OSError as e:
