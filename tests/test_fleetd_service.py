@@ -241,7 +241,7 @@ def test_a_second_fleetd_on_one_sqlite_file_refuses_and_a_restart_leads_at_once(
         took = time.time() - t0
         assert took < 25, f"the restarted daemon waited {took:.0f} s for its dead predecessor's lease"
         assert first.events("leading")[-1]["token"] == first.events("leading")[0]["token"] + 1
-        assert first.events("leading")[-1]["interrupted_decisions_closed"] <= 1
+        assert sum(e["count"] for e in first.events("interrupted_decisions_closed")) <= 1  # the killed tick, if any
         assert first.stop() == 0
     finally:
         if first.alive():

@@ -170,7 +170,9 @@ def lead(loop: Loop, now: datetime) -> bool:
                 src.resume(cursor)
         loop.state.reset()
         loop.state.led_with = token
-        log.info("leading", token=token, holder=loop.guard.leadership.holder, interrupted_decisions_closed=n)
+        log.info("leading", token=token, holder=loop.guard.leadership.holder)
+        if n:
+            log.warning("interrupted_decisions_closed", count=n)
     return True
 
 
