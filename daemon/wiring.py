@@ -9,6 +9,7 @@ that is how a live feed once broke inside every tick while every unit test passe
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -42,15 +43,20 @@ class System:
                     capacity=self.capacity)
 
 
-def open_store(cfg: Config, url: str | None = None, *, durable: bool = True) -> Store:
-    """`durable=False` (replays, whose database can be made again) skips fsync on commit."""
-    return Store.open(url or cfg.store.url, durable=durable)
+def open_store(cfg: Config, url: str | None = None, *, durable: bool = True, daemon: bool = False) -> Store:
+    """`durable=False` (replays, whose database can be made again) skips fsync on commit;
+    `daemon=True` (fleetd) bounds sessions and connects by the leader lease's TTL."""
+    return Store.open(url or cfg.store.url, durable=durable, lease_ttl_s=cfg.leader.ttl_s if daemon else None)
 
 
 def build_provider(cfg: Config, clock: Clock) -> Provider:
     if cfg.provider.kind == "simulated":
         from providers.simulated import SimulatedProvider
 
+        if os.environ.get("FLEET_SIM_FAULTS"):  # tests only: a misbehaving cloud (providers/faults.py)
+            from providers.faults import journal_from_environ, wrap_from_environ
+
+            return wrap_from_environ(SimulatedProvider(cfg.provider.simulated, clock, journal_from_environ()))
         return SimulatedProvider(cfg.provider.simulated, clock)
     from providers.skypilot import SkyPilotProvider  # the real clouds; imported only when configured
 

@@ -10,15 +10,27 @@ do not depend on what happened elsewhere or in which order the loop called us.
 Knobs (SimulatedProviderConfig): launch latency, capacity stockouts, launch
 failures, zone-wide spot losses from a per-zone hazard, or replayed from real
 availability traces (providers/spot_traces.py).
+
+With a state file the simulated cloud is one cloud for every process that opens
+it, as a real one is: each call takes an exclusive lock on `<state>.lock`, reads
+the file if another process changed it, acts, and writes it back. Several
+`fleetd` (a leader and its standbys) and their restarts therefore see the same
+machines. An optional journal (`journal_file`, set by the test hook in
+providers/faults.py) appends one line per machine event: the cloud's own
+record of what was created and ended, which the crash campaign checks the
+store against.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
+import os
 import random
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
@@ -98,7 +110,8 @@ class _SimInstance:
 class SimulatedProvider:
     name = "simulated"
 
-    def __init__(self, cfg: SimulatedProviderConfig, clock: Callable[[], datetime]):
+    def __init__(self, cfg: SimulatedProviderConfig, clock: Callable[[], datetime],
+                 journal_file: str | Path | None = None):
         self.cfg = cfg
         self._clock = clock
         self._rng = random.Random(cfg.seed)
@@ -119,8 +132,11 @@ class SimulatedProvider:
         self.preemption_log: list[tuple[datetime, str, str]] = []  # (time, location, instance)
         self._state_path = Path(cfg.state_file) if cfg.state_file else None
         self._processes = self._replica_processes(cfg)  # None unless replica_processes
-        if self._state_path is not None and self._state_path.exists():
-            self._load_state()
+        self._state_seen: tuple | None = None  # (inode, mtime_ns, size) of the state file as last read or written
+        self._journal = Path(journal_file) if journal_file else None
+        if self._state_path is not None:
+            with self._shared():
+                pass
 
     # -- the protocol -------------------------------------------------------------
 
@@ -138,6 +154,10 @@ class SimulatedProvider:
         return frozenset()
 
     def launch(self, request: LaunchRequest) -> None:
+        with self._shared():
+            self._launch(request)
+
+    def _launch(self, request: LaunchRequest) -> None:
         now = self._advance()
         existing = self._instances.get(request.name)
         if existing is not None and existing.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
@@ -158,20 +178,27 @@ class SimulatedProvider:
         )
         if self._processes is not None:
             self._processes.start(request.name, request.model)
+        self._note(now, "created", self._instances[request.name])
         self._save_state()
 
     def terminate(self, name: str) -> None:
-        now = self._advance()
-        inst = self._instances.get(name)
-        if inst is None or inst.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
-            return
-        inst.status = InstanceStatus.TERMINATED
-        inst.since = now
-        if self._processes is not None:
-            self._processes.stop(name)
-        self._save_state()
+        with self._shared():
+            now = self._advance()
+            inst = self._instances.get(name)
+            if inst is None or inst.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
+                return
+            inst.status = InstanceStatus.TERMINATED
+            inst.since = now
+            if self._processes is not None:
+                self._processes.stop(name)
+            self._note(now, "terminated", inst)
+            self._save_state()
 
     def list(self) -> list[ProviderInstance]:
+        with self._shared():
+            return self._list()
+
+    def _list(self) -> list[ProviderInstance]:
         now = self._advance()
         out = []
         for inst in self._instances.values():
@@ -205,8 +232,10 @@ class SimulatedProvider:
                     inst.status = InstanceStatus.FAILED
                     inst.failure = FailureKind.OTHER
                     inst.detail = "server did not become healthy"
+                    self._note(inst.since, "failed", inst)
                 else:
                     inst.status = InstanceStatus.RUNNING
+                    self._note(inst.since, "ready", inst)
         self._check_processes(now)
         for inst in self._instances.values():
             if inst.status is InstanceStatus.RUNNING and inst.offering.market is Market.SPOT:
@@ -223,6 +252,42 @@ class SimulatedProvider:
 
     # -- persistence: a simulated cloud outlives the daemon, as a real one does ----------
 
+    @contextmanager
+    def _shared(self):
+        """One call at a time across processes; the state as the last writer left it."""
+        if self._state_path is None:
+            yield
+            return
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        from daemon.private import open_private
+
+        fd = open_private(f"{self._state_path}.lock")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            seen = self._stat()
+            if seen is not None and seen != self._state_seen:
+                self._load_state()
+                self._state_seen = seen
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self._state_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _note(self, at: datetime, event: str, inst: _SimInstance) -> None:
+        """One line in the journal (when there is one): the cloud's record of its machines."""
+        if self._journal is None:
+            return
+        line = json.dumps({"at": at.isoformat(), "event": event, "name": inst.name, "offering": inst.offering.key,
+                           "price_per_hour": inst.offering.price_per_hour, "pid": os.getpid()})
+        with open(self._journal, "a") as f:
+            f.write(line + "\n")
+
     def _save_state(self) -> None:
         if self._state_path is None:
             return
@@ -238,8 +303,10 @@ class SimulatedProvider:
         }
         # Atomic (a crash leaves the old state or the new one) and 0600: it lists the fleet's machines.
         write_private_atomic(self._state_path, json.dumps(doc))
+        self._state_seen = self._stat()
 
     def _load_state(self) -> None:
+        self._instances = {}
         try:
             doc = json.loads(self._state_path.read_text())
             self._epoch = datetime.fromisoformat(doc["epoch"]) if doc.get("epoch") else None
@@ -263,6 +330,7 @@ class SimulatedProvider:
         inst.status = InstanceStatus.PREEMPTED
         inst.since = at
         inst.detail = f"spot capacity lost in {inst.offering.location}"
+        self._note(at, "preempted", inst)
         self.preemption_log.append((at, inst.offering.location, inst.name))
         if self._processes is not None:
             self._processes.kill(inst.name)

@@ -33,7 +33,18 @@ class LoopState:
     # while the listing stays the same and nothing is written, the next sync would change nothing.
     synced_listing: tuple | None = None
     synced_rows: list | None = None
+    # The fencing token of the lease this loop last led with (None: not led yet, or no lease):
+    # a new token means the daemon has just become leader and starts again from the store.
+    led_with: int | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def reset(self) -> None:
+        """Forget what came from the store (history, last plan): a new leader reads it afresh.
+        Fitted forecast models stay: they are functions of the same history, only older."""
+        with self._lock:
+            self.history = None
+            self.last_plan = None
+            self.store_changed()
 
     def extend_history(self, loaded: dict[str, list[DemandWindow]] | None, new: list[DemandWindow],
                        since: datetime) -> dict[str, list[DemandWindow]]:

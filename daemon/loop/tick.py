@@ -9,6 +9,13 @@
     apply     -> provider calls; each result recorded as it comes                        (I/O)
     finish    -> the decision's outcome and costs; routes and endpoints published       (txn 3)
 
+Before all of it, `lead`: with several daemons on one store only the holder of
+the leader lease ticks; a standby skips the tick, and a daemon that has just
+become leader starts from the store (daemon/loop/guard.py). Every write
+transaction above is fenced by the lease, and every launch or terminate is
+preceded by a lease check, so a daemon that lost its lease can neither record
+an intent nor call the provider; those checks also feed the systemd watchdog.
+
 The clock is injected: the same code runs under fleetd in wall time and under
 `fleetctl simulate` in virtual time. A failing step never escapes the tick: it
 is logged, recorded (decision outcome `failed`, an alert) and the next tick runs.
@@ -25,11 +32,13 @@ from typing import Callable
 
 import structlog
 
+from daemon import crashpoint
 from daemon.capacity import capacity_table
 from daemon.config import Config
 from daemon.demand.source import DemandPoll, DemandSource
 from daemon.domain import CapacityTable, DemandForecast, Market, Plan
 from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State
+from daemon.loop.guard import Guard, LeaseLost
 from daemon.loop.decide import (
     FleetState, build_plan_inputs, forecast_all, forecast_dict, plan_basis, plan_dict, plan_still_fits,
     refit_forecasts, reused,
@@ -39,7 +48,9 @@ from daemon.loop.reconcile import Action, ActionKind, Reconciliation, reconcile
 from daemon.loop.state import LoopState, history_since
 from daemon.loop.sync import SyncResult, sync_from_provider
 from daemon.plan import PlanInputs, plan
-from daemon.store.repo import Store, cooldown_offerings, fleet_instance, hazard_per_location, offering_of
+from daemon.store.repo import (
+    Store, cooldown_offerings, fleet_instance, hazard_per_location, offering_of, on_demand_reference,
+)
 from providers.base import FailureKind, LaunchError, LaunchRequest, Provider, ProviderInstance
 
 log = structlog.get_logger("fleet.tick")
@@ -61,6 +72,7 @@ class Loop:
     clock: Callable[[], datetime]
     capacity: CapacityTable | None = None
     state: LoopState = field(default_factory=LoopState)
+    guard: Guard = field(default_factory=Guard)  # the leader lease and the watchdog (fleetd sets them)
 
     def __post_init__(self) -> None:
         if self.capacity is None:
@@ -74,7 +86,9 @@ class Loop:
             with self.store.session() as s:
                 history = load_history(self.cfg, s, now)
         states, last = self.state.forecast_inputs()
-        self.state.set_forecast_states(refit_forecasts(self.cfg, history, now, states, last))
+        fitted = refit_forecasts(self.cfg, history, now, states, last)
+        crashpoint.hit("refit.during")
+        self.state.set_forecast_states(fitted)
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,7 @@ class Observation:
     sync: SyncResult
     history: dict[str, list]
     fleet: FleetState
+    paused: bool = False  # policy.paused, or `fleetctl pause` as the store says at this tick
 
     @property
     def windows(self) -> list:
@@ -112,22 +127,70 @@ class Observation:
 def run_tick(loop: Loop) -> TickResult:
     now = loop.clock()
     t0 = time.perf_counter()
+    crashpoint.hit("tick.start")
     decision_id = None
     try:
+        if not lead(loop, now):
+            return _standby(loop, now)
         obs = observe(loop, now)
         live = liveness(obs.fleet.fleet, now, loop.cfg.policy)
         forecasts = forecast_phase(loop, obs, now)
         inputs, the_plan = plan_phase(loop, obs, live, forecasts, now)
         rec = reconcile_phase(loop, obs, live, the_plan, now)
-        mode = "paused" if loop.cfg.policy.paused else "dry_run" if loop.cfg.policy.dry_run else "apply"
+        mode = "paused" if obs.paused else "dry_run" if loop.cfg.policy.dry_run else "apply"
         decision_id, final = record_intent(loop, obs, live, forecasts, inputs, the_plan, rec, mode, now)
         launches = terminations = 0
         if not final:
             loop.state.store_changed()  # intents and provider answers are transitions
             launches, terminations = apply(loop, obs, rec, now, decision_id)
         return finish(loop, obs, forecasts, the_plan, rec, mode, launches, terminations, decision_id, final, now, t0)
+    except LeaseLost as e:  # another daemon leads now: stop here, write nothing more, leave the intents to it
+        return _lease_lost(loop, now, decision_id, e)
     except Exception as e:  # a failing tick must not stop the loop (DESIGN-NOTES: no asserts in the loop)
         return _record_failure(loop, now, decision_id, e)
+
+
+# -- lead -------------------------------------------------------------------------------
+
+def lead(loop: Loop, now: datetime) -> bool:
+    """Leader or standby for this tick. A daemon that has just become leader starts from the store:
+    decisions a dead leader left `started` are closed, the demand sources go on from the
+    cursors it committed, and the loop's caches are dropped (they were the standby's, stale)."""
+    if not loop.guard.lead():
+        return False
+    crashpoint.hit("lease.after_refresh")
+    token = loop.guard.token
+    if token is not None and token != loop.state.led_with:
+        with loop.store.session() as s:
+            loop.guard.fence(s)
+            n = Store.close_interrupted_decisions(s, now)
+            cursors = Store.cursors(s)
+        for name, src in loop.sources.items():
+            kind, cursor = cursors.get(name, (None, None))
+            if kind == src.kind:
+                src.resume(cursor)
+        loop.state.reset()
+        loop.state.led_with = token
+        log.info("leading", token=token, holder=loop.guard.leadership.holder)
+        if n:
+            log.warning("interrupted_decisions_closed", count=n)
+    return True
+
+
+def _standby(loop: Loop, now: datetime) -> TickResult:
+    lp = loop.guard.leadership
+    holder = None
+    if lp is not None and lp.last_error is None:
+        from daemon.store.lease import current_lease
+
+        try:
+            with loop.store.session() as s:
+                row = current_lease(s, lp.name)
+                holder = row.holder if row is not None else None
+        except Exception:
+            holder = None
+    log.info("standby", leader=holder, error=lp.last_error if lp is not None else None)
+    return TickResult(None, now, "standby", {}, None, (), {})
 
 
 # -- observe ------------------------------------------------------------------------------
@@ -139,10 +202,13 @@ def observe(loop: Loop, now: datetime) -> Observation:
     # (SkyPilot: provider.skypilot.catalog_refresh_s). Instances keep the price in
     # effect at their launch; the decision records when the prices it used were read.
     snap = provider.offerings_snapshot()
+    crashpoint.hit("observe.after_list")
     polls, problems = poll_demand(loop, now)
     unavailable = provider.unavailable_markets(now)
     listing = _listing_key(listed)
     with store.session() as s:
+        loop.guard.fence(s)
+        paused = cfg.policy.paused or Store.paused(s)
         if loop.state.unchanged_since_sync(listing):
             # Same provider answer as the last sync, and no transition written since: syncing
             # again would change nothing (the usual quiet tick; no instance query).
@@ -166,9 +232,12 @@ def observe(loop: Loop, now: datetime) -> Observation:
                                                            rows=rows, events=loop.state.market_events)
         if not (sync.transitions or sync.orphans) and not _unlisted(rows, listed):
             loop.state.remember_sync(listing, rows)
+        crashpoint.hit("observe.before_commit")
+    crashpoint.hit("observe.after_commit")
     # The windows and cursors are committed: only now may the sources move.
     for p in polls:
         loop.sources[p.service].commit(p)
+    crashpoint.hit("observe.after_cursor_commit")
     clean_up(loop, sync, snap.offerings, now)
     if fleet is None:  # orphans were adopted or terminated: read the fleet again
         with store.session() as s:
@@ -176,7 +245,7 @@ def observe(loop: Loop, now: datetime) -> Observation:
     new = [w for p in polls for w in p.windows]
     history = loop.state.extend_history(loaded, [] if loaded is not None else new,
                                         history_since(now, cfg.loop.history_s))
-    return Observation(listed, snap.read_at, snap.offerings, tuple(polls), sync, history, fleet)
+    return Observation(listed, snap.read_at, snap.offerings, tuple(polls), sync, history, fleet, paused)
 
 
 def _listing_key(listed) -> tuple:
@@ -272,21 +341,27 @@ def clean_up(loop: Loop, sync: SyncResult, offerings, now: datetime) -> None:
     alerted once.
     """
     for name in sync.lost:
-        _terminate_quietly(loop.provider, name)
+        _terminate_quietly(loop, name)
     if not sync.orphans:
         return
     adopt = loop.cfg.provider.kind == "skypilot" and loop.cfg.provider.skypilot.orphans == "adopt"
     services = {s.name for s in loop.cfg.services}
     offer_map = {o.key: o for o in offerings}
+    adoptable = [p for p in sync.orphans if adopt and p.name.rsplit("-", 1)[0] in services
+                 and offer_map.get(p.offering_key or "") is not None]
+    # Provider calls never run inside a transaction: a slow one would hold the lease's share lock.
+    for p in sync.orphans:
+        if p not in adoptable:
+            _terminate_quietly(loop, p.name)
     with loop.store.session() as s:
+        loop.guard.fence(s)
         for p in sync.orphans:
-            service = p.name.rsplit("-", 1)[0]
-            off = offer_map.get(p.offering_key or "")
-            if adopt and service in services and off is not None:
+            if p in adoptable:
+                service = p.name.rsplit("-", 1)[0]
                 iid = Store.next_instance_id(s, service)
                 row = Store.create_instance(s, instance_id=iid, name=p.name, service=service,
-                                            provider=loop.provider.name, offering=off, at=now, reason=Reason.ORPHAN,
-                                            decision_id=None)
+                                            provider=loop.provider.name, offering=offer_map[p.offering_key],
+                                            at=now, reason=Reason.ORPHAN, decision_id=None)
                 s.flush()
                 to = State.RUNNING if p.status.value == "running" else State.PROVISIONING
                 Store.transition(s, row, to, Reason.ORPHAN, now, "adopted: found on the provider, unknown to the store")
@@ -294,15 +369,15 @@ def clean_up(loop: Loop, sync: SyncResult, offerings, now: datetime) -> None:
                     row.endpoint = p.endpoint
                 what = f"adopted as {iid}"
             else:
-                _terminate_quietly(loop.provider, p.name)
                 what = "terminated" if not adopt else "terminated (cannot adopt: unknown service or offering)"
             Store.alert_once(s, now, "warning", "orphan", p.name,
                              f"{p.name}: found on the provider, unknown to the store: {what}")
 
 
-def _terminate_quietly(provider: Provider, name: str) -> None:
+def _terminate_quietly(loop: Loop, name: str) -> None:
+    loop.guard.before_call()  # LeaseLost goes up: the tick stops
     try:
-        provider.terminate(name)
+        loop.provider.terminate(name)
     except Exception as e:  # retried: the next sync lists it again
         log.warning("cleanup_failed", instance=name, error=f"{type(e).__name__}: {e}")
 
@@ -372,6 +447,7 @@ def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[
                 "skipped_for_budget": rec.skipped_for_budget, "skipped_for_limits": rec.skipped_for_limits,
                 "held_for_make_before_break": rec.held_for_make_before_break,
                 "backoff": {k: b.failures for k, b in sorted(obs.fleet.backoff.items())},
+                "lease": loop.guard.describe(),
             },
             **({"outcome": "applied" if mode == "apply" else mode, "fleet_cost_per_hour": _billable(obs)}
                if final else {}),
@@ -379,7 +455,10 @@ def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[
         _decision_alerts(s, cfg, obs, live, the_plan, rec, now, decision_id)
         if mode == "apply":
             _record_intents(s, loop, rec.actions, obs.offerings, now, decision_id)
-        return decision_id, final
+        loop.guard.fence(s)  # last, so the lease is held (share-locked on PostgreSQL) until the commit
+        crashpoint.hit("record.before_commit")
+    crashpoint.hit("record.after_commit")
+    return decision_id, final
 
 
 def _pending(obs: Observation) -> bool:
@@ -434,8 +513,10 @@ def _record_intents(s, loop: Loop, actions: tuple[Action, ...], offerings, now: 
         if a.kind is ActionKind.LAUNCH:
             iid = Store.next_instance_id(s, a.service)
             # The instance's name is its id: the provider adds its own marker (SkyPilot: the prefix).
+            off = offer_map[a.offering_key]
             Store.create_instance(s, instance_id=iid, name=iid, service=a.service, provider=loop.provider.name,
-                                  offering=offer_map[a.offering_key], at=now, reason=a.reason, decision_id=decision_id)
+                                  offering=off, at=now, reason=a.reason, decision_id=decision_id,
+                                  on_demand_price=on_demand_reference(off, list(offerings)))
             s.flush()
             continue
         row = s.get(Instance, a.instance_id)
@@ -470,6 +551,8 @@ def apply(loop: Loop, obs: Observation, rec: Reconciliation, now: datetime, deci
         stopping = [(r.id, r.name) for r in todo if r.state == State.TERMINATING]
     for iid, name, service, off in pending:
         outcome: tuple[State, Reason, str | None]
+        loop.guard.before_call()  # LeaseLost: stop; the intents stay for the new leader
+        crashpoint.hit("apply.before_launch")
         try:
             provider.launch(LaunchRequest(name=name, service=service, model=svc_model.get(service, ""), offering=off))
             outcome = (State.PROVISIONING, Reason.LAUNCH_ACCEPTED, None)
@@ -478,21 +561,28 @@ def apply(loop: Loop, obs: Observation, rec: Reconciliation, now: datetime, deci
             outcome = (State.FAILED, _FAILURE_REASON.get(e.kind, Reason.LAUNCH_FAILED), str(e))
         except Exception as e:  # provider bug or outage: the intent stays failed, recorded, not lost
             outcome = (State.FAILED, Reason.LAUNCH_FAILED, f"{type(e).__name__}: {e}")
+        crashpoint.hit("apply.after_launch")
         with store.session() as s:
+            loop.guard.fence(s)
             row = s.get(Instance, iid)
             if row.state == str(State.REQUESTED):
                 Store.transition(s, row, outcome[0], outcome[1], now, outcome[2], decision_id)
                 if outcome[0] is State.FAILED:
                     Store.alert(s, now, "warning", "launch_failed", f"{name}: {outcome[2]}", service, decision_id,
                                 subject=name)
+        crashpoint.hit("apply.after_launch_result")
     for iid, name in stopping:
+        loop.guard.before_call()
+        crashpoint.hit("apply.before_terminate")
         try:
             provider.terminate(name)
             terminations += 1
         except Exception as e:  # retried next tick: terminate is idempotent
             with store.session() as s:
+                loop.guard.fence(s)
                 Store.alert(s, now, "warning", "terminate_failed", f"{name}: {type(e).__name__}: {e}",
                             decision_id=decision_id, subject=name)
+        crashpoint.hit("apply.after_terminate")
     return launches, terminations
 
 
@@ -511,6 +601,7 @@ def finish(loop: Loop, obs: Observation, forecasts: dict[str, DemandForecast], t
                 serving.append((f.name, f.service, f.offering.pool, f.offering.key, f.endpoint))
     else:
         with loop.store.session() as s:
+            loop.guard.fence(s)
             live = Store.fleet_rows(s)
             for r in live:
                 if r.state == State.RUNNING:
@@ -518,6 +609,8 @@ def finish(loop: Loop, obs: Observation, forecasts: dict[str, DemandForecast], t
                     serving.append((r.name, r.service, r.pool, r.offering_key, r.endpoint))
             Store.finish_decision(s, decision_id, outcome, launches, terminations,
                                   sum(r.price_per_hour for r in live if r.state in BILLABLE))
+            crashpoint.hit("finish.before_commit")
+        crashpoint.hit("finish.after_commit")
     if mode == "apply":
         _publish(loop, the_plan, obs, serving, now, decision_id)
     log.info("tick", decision=decision_id, outcome=outcome,
@@ -525,6 +618,8 @@ def finish(loop: Loop, obs: Observation, forecasts: dict[str, DemandForecast], t
              planned_cost=round(the_plan.cost_per_hour, 3), plan_status=the_plan.status,
              actions=len(rec.actions), launches=launches, terminations=terminations,
              seconds=round(time.perf_counter() - t0, 4))
+    loop.guard.beat()
+    crashpoint.hit("tick.end")
     return TickResult(decision_id, now, outcome, forecasts, the_plan, rec.actions, dict(running),
                       windows=tuple(obs.windows))
 
@@ -545,6 +640,13 @@ def _publish(loop: Loop, the_plan: Plan, obs: Observation, serving: list, now: d
         log.error("publish_failed", error=str(e), decision=decision_id)
 
 
+def _lease_lost(loop: Loop, now: datetime, decision_id: int | None, e: LeaseLost) -> TickResult:
+    """Fenced out mid-tick: nothing more is written. A decision already recorded stays `started`
+    and is closed as interrupted by whoever leads next; its intents are carried out by that leader."""
+    log.warning("lease_lost", decision=decision_id, error=str(e))
+    return TickResult(decision_id, now, "standby", {}, None, (), {}, f"LeaseLost: {e}")
+
+
 def _record_failure(loop: Loop, now: datetime, decision_id: int | None, e: Exception) -> TickResult:
     loop.state.store_changed()  # part of the tick may have committed transitions
     err = f"{type(e).__name__}: {e}"
@@ -552,6 +654,8 @@ def _record_failure(loop: Loop, now: datetime, decision_id: int | None, e: Excep
     try:
         with loop.store.session() as s:
             from daemon.store.schema import Decision
+
+            loop.guard.fence(s)  # a daemon that lost its lease records nothing, not even its failure
 
             # The decision row may have been rolled back with the failed transaction.
             d = (s.get(Decision, decision_id) if decision_id else None) or Store.start_decision(s, now)

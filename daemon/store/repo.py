@@ -26,8 +26,15 @@ _CURSOR_UPDATE = (update(DemandCursor.__table__).where(DemandCursor.__table__.c.
                   .values(kind=bindparam("kind"), cursor=bindparam("cursor"), updated_at=bindparam("updated_at")))
 
 
-def make_engine(url: str, durable: bool = True) -> Engine:
-    """`durable=False` (replays, whose database can be made again) skips fsync on commit."""
+def make_engine(url: str, durable: bool = True, lease_ttl_s: float | None = None) -> Engine:
+    """`durable=False` (replays, whose database can be made again) skips fsync on commit.
+
+    `lease_ttl_s` (fleetd, PostgreSQL): bound how long a lost or partitioned daemon can
+    hold locks and how long it waits for a database that is gone. The server ends a
+    session left idle inside a transaction for longer than the lease TTL (its share
+    lock on the lease row would otherwise keep a standby from taking over for as
+    long as TCP takes to notice), and connecting gives up after half the TTL.
+    """
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if not u.database or u.database == ":memory:":
@@ -57,6 +64,14 @@ def make_engine(url: str, durable: bool = True) -> Engine:
             cur.close()
 
         return engine
+    if lease_ttl_s is not None and u.get_backend_name() == "postgresql":
+        ms = int(lease_ttl_s * 1000)
+        args = {"options": f"-c idle_in_transaction_session_timeout={ms}",
+                "connect_timeout": max(2, int(lease_ttl_s / 2)),
+                # The client notices a dead server too (libpq keepalive parameters).
+                "keepalives": 1, "keepalives_idle": max(1, int(lease_ttl_s / 2)), "keepalives_interval": 1,
+                "keepalives_count": 3}
+        return create_engine(url, pool_pre_ping=True, connect_args=args)
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -88,8 +103,8 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, durable: bool = True) -> "Store":
-        return cls(make_engine(url, durable))
+    def open(cls, url: str, durable: bool = True, lease_ttl_s: float | None = None) -> "Store":
+        return cls(make_engine(url, durable, lease_ttl_s))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
