@@ -65,6 +65,20 @@ def check_or_raise(cfg: Config, source: str = "<config>", *, connect: bool = Fal
     return found
 
 
+def startup_refusal(cfg: Config, path) -> str | None:
+    """fleetd's check at start: None, or the one line it refuses with (the database must answer)."""
+    source = str(path) if path is not None else "<built-in defaults>"
+    try:
+        found = check_or_raise(cfg, source, connect=True)
+    except PreflightError as e:
+        return str(e)
+    import structlog
+
+    for p in found:
+        structlog.get_logger("fleetd").warning("config_warning", key=p.key, problem=p.message)
+    return None
+
+
 def check(cfg: Config, source: str = "<config>", *, connect: bool = False, replay: bool = False) -> list[Problem]:
     """Every problem the daemon would meet running `cfg` (see module docstring).
 
@@ -207,7 +221,7 @@ def _writable_dir(d: Path, what: str) -> list[str]:
             return [f"{what} is under {up}, which is a regular file, not a directory"]
         return [f"{what}, {d}, does not exist (create it first)"]
     if not d.is_dir():
-        return [f"{what}, {d}, is not a directory"]
+        return [f"{what} is under {d}, which is a regular file, not a directory"]
     if not os.access(d, os.W_OK | os.X_OK):
         return [f"{what}, {d}, is not writable by this user"]
     return []

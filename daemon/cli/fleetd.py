@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fleetd: {e}", file=sys.stderr)
         return 2
+    from daemon.preflight import startup_refusal  # a config it cannot run is refused here, in one line
+    if (why := startup_refusal(cfg, args.config)) is not None:
+        print(f"fleetd: {why}", file=sys.stderr)
+        return 2
     store = open_store(cfg)
     try:
         ensure_current(store.engine, cfg.store.auto_upgrade)
