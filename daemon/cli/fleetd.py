@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.once:
         result = run_tick(loop)
         return 0 if result.outcome != "failed" else 1
+    from daemon.loop.store_guard import StoreGuard  # database down: ticks skipped with back-off, alerted once back
+    run_tick = StoreGuard.for_store(loop.store, _now, cfg.loop.tick_interval_s).wrap(run_tick)
 
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
     from apscheduler.schedulers.background import BackgroundScheduler

@@ -35,6 +35,7 @@ from daemon.loop.decide import (
     refit_forecasts, reused,
 )
 from daemon.loop.liveness import FAILURE_REASONS, SUCCESS_REASONS, Liveness, liveness, market_backoff
+from daemon.loop.no_capacity import services_without_capacity
 from daemon.loop.reconcile import Action, ActionKind, Reconciliation, reconcile
 from daemon.loop.state import LoopState, history_since
 from daemon.loop.sync import SyncResult, sync_from_provider
@@ -324,7 +325,9 @@ def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[
             "held_for_make_before_break": rec.held_for_make_before_break,
             "backoff": {k: b.failures for k, b in sorted(obs.fleet.backoff.items())},
         }
-        _decision_alerts(s, cfg, obs, live, the_plan, rec, now, d.id)
+        # A service no offering can serve: alerted every tick, never a silent $0 fleet (issue 13).
+        starved = services_without_capacity(cfg, loop.capacity, obs.offerings, obs.fleet.fleet)
+        _decision_alerts(s, cfg, obs, live, the_plan, rec, now, d.id, starved)
         if mode == "apply":
             _record_intents(s, loop, rec.actions, obs.offerings, now, d.id)
         else:
@@ -333,7 +336,11 @@ def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[
 
 
 def _decision_alerts(s, cfg: Config, obs: Observation, live: Liveness, the_plan: Plan, rec: Reconciliation,
-                     now: datetime, decision_id: int) -> None:
+                     now: datetime, decision_id: int, starved: dict[str, str] | None = None) -> None:
+    starved = starved or {}
+    for svc, why in starved.items():
+        Store.alert(s, now, "critical", "no_capacity", f"{svc} can get no capacity at all: {why}; it runs no "
+                    "instance whatever its demand and min_replicas", service=svc, decision_id=decision_id)
     if rec.skipped_for_budget:
         Store.alert(s, now, "critical", "budget",
                     f"{rec.skipped_for_budget} launch(es) not made: budget {cfg.policy.budget_per_hour} $/h",
@@ -343,9 +350,11 @@ def _decision_alerts(s, cfg: Config, obs: Observation, live: Liveness, the_plan:
     for svc, rps in (the_plan.unserved_rps.items() if fresh else ()):
         Store.alert(s, now, "warning", "unserved", f"{rps:.2f} req/s of {svc} cannot be served: "
                     + "; ".join(the_plan.notes), service=svc, decision_id=decision_id)
-    if fresh and the_plan.binding:
+    # Not "bound by min_replicas" for a service that has no capacity at all: the alert above says why.
+    binding = [b for b in the_plan.binding if b.split(":")[1:2] not in [[n] for n in starved]]
+    if fresh and binding:
         Store.alert(s, now, "warning", "binding_limit",
-                    f"plan bound by {', '.join(the_plan.binding)}: " + "; ".join(the_plan.notes),
+                    f"plan bound by {', '.join(binding)}: " + "; ".join(the_plan.notes),
                     decision_id=decision_id)
     if not the_plan.acceptable:
         Store.alert(s, now, "critical", "plan_unusable",
