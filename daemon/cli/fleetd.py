@@ -78,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         log.error("provider_unavailable", provider=cfg.provider.kind, error=f"{type(e).__name__}: {e}")
     loop = system.loop()
-    log.info("started", services=[s.name for s in cfg.services], provider=cfg.provider.kind, store=cfg.store.url,
-             tick_interval_s=cfg.loop.tick_interval_s, dry_run=cfg.policy.dry_run, paused=cfg.policy.paused)
+    from daemon.redact import mask_url  # the password never reaches a log line
+
+    log.info("started", services=[s.name for s in cfg.services], provider=cfg.provider.kind,
+             store=mask_url(cfg.store.url), tick_interval_s=cfg.loop.tick_interval_s, dry_run=cfg.policy.dry_run,
+             paused=cfg.policy.paused)
     if args.once:
         result = run_tick(loop)
         return 0 if result.outcome != "failed" else 1
