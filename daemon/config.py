@@ -173,7 +173,7 @@ class SkyPilotProviderConfig(_Model):
     cpus: str | None = None  # vCPUs asked for where there is no instance type to pin (Slurm), e.g. "1" or "4+"
     preemptible_partitions: list[str] = ["spot"]  # Slurm partitions (SkyPilot zones) offered as market "spot"
     status_refresh: Literal["force", "auto", "none"] = "force"  # sky.status refresh mode of each sync
-    health_timeout_s: Num(0, 300, gt=True, unit="seconds") = 2.0
+    health_timeout_s: Num(0.1, 300, unit="seconds") = 2.0
 
 
 class ProviderConfig(_Model):
@@ -196,7 +196,7 @@ class PrometheusDemandConfig(_Model):
     requests_query: str | None = None
     input_buckets_query: str | None = None
     output_buckets_query: str | None = None
-    timeout_s: Num(0, 300, gt=True, unit="seconds") = 10.0
+    timeout_s: Num(0.1, 300, unit="seconds") = 10.0
     # A window is read this long after it ended, so the scrapes inside it are in (1-2 scrape intervals).
     lateness_s: Num(0, DAY, unit="seconds") = 30.0
     backfill_s: Num(0, 90 * DAY, unit="seconds") = 3600.0  # history read at the very first start
@@ -212,7 +212,7 @@ class DemandSourceConfig(_Model):
     format: Literal["auto", "azure", "jsonl", "csv"] = "auto"
     columns: dict[str, str] = {}  # other column / key names: {"timestamp": ..., "input_tokens": ..., "output_tokens": ...}
     on_bad_row: Literal["skip", "reject"] = "skip"
-    speedup: Num(0, 1e6, gt=True) = 1.0  # trace: trace seconds per clock second
+    speedup: Num(0.001, 1e6) = 1.0  # trace: trace seconds per clock second
     # request-log: a window is counted this long after it ended (a log written when requests
     # finish stamps them with their arrival, up to a request's duration late).
     lateness_s: Num(0, DAY, unit="seconds") = 5.0
@@ -264,7 +264,7 @@ class CapacityEntry(_Model):
 class PolicyConfig(_Model):
     headroom: Num(0, 5) = 0.2
     spot: bool = True
-    budget_per_hour: Num(0, 1e7, gt=True, unit="$/h") | None = None  # hard cap on the planned fleet's $/h
+    budget_per_hour: Num(0.01, 1e7, unit="$/h") | None = None  # hard cap on the planned fleet's $/h
     max_launches_per_tick: Int(0, 10000) = 10
     max_terminations_per_tick: Int(0, 10000) = 4
     drain_s: Num(0, DAY, unit="seconds") = 120.0
@@ -280,15 +280,15 @@ class PolicyConfig(_Model):
     # for a node to register (its NodeClaim registration TTL). Our SkyPilot e2e on the local Slurm
     # cluster measured 39-73 s from launch to healthy (issue 6, three runs) with a tiny server; a
     # cloud GPU VM that also installs vLLM and loads weights takes minutes more, well inside 1200 s.
-    launch_timeout_s: Num(0, 7 * DAY, gt=True, unit="seconds") = 1200.0
+    launch_timeout_s: Num(10, 7 * DAY, unit="seconds") = 1200.0
     # A market whose launches keep failing backs off: the n-th failure in a row (no launch
     # became healthy since) keeps it out for market_cooldown_s x 2^(n-1), at most this long...
     max_market_cooldown_s: PositiveSeconds = 6 * 3600.0
     backoff_alert_after: Int(1, 1000) = 3  # ...and from this many failures in a row, alerts.
     # A termination not confirmed by the provider this long after it was asked for is
     # alerted (it is retried every tick); a drain held this long past its end is forced.
-    terminate_timeout_s: Num(0, 7 * DAY, gt=True, unit="seconds") = 900.0
-    drain_timeout_s: Num(0, 7 * DAY, gt=True, unit="seconds") = 900.0
+    terminate_timeout_s: Num(1, 7 * DAY, unit="seconds") = 900.0
+    drain_timeout_s: Num(1, 7 * DAY, unit="seconds") = 900.0
 
 
 class QuotaConfig(_Model):
@@ -329,7 +329,7 @@ class SolverConfig(_Model):
 
     # PuLP's bundled CBC, HiGHS through highspy, or the one-pool greedy heuristic (daemon/plan/greedy.py).
     backend: Literal["cbc", "highs", "greedy"] = "cbc"
-    time_limit_s: Num(0, 3600, gt=True, unit="seconds") = 10.0
+    time_limit_s: Num(1, 3600, unit="seconds") = 10.0  # below 1 s CBC cannot even start on a fleet
     gap: Share = 0.001  # relative MIP gap at which to stop
     decompose: bool = True  # solve services apart first; joint only if a shared limit binds
     accept_gap: Num(0, 100) = 0.25  # a time-limited plan is used only within this gap
@@ -337,11 +337,11 @@ class SolverConfig(_Model):
     warm_start: bool = True  # start from the current fleet
     routing: Literal["input", "cell"] = "input"  # route by input bucket (routable) or (input, output) cell
     slice_factor: Int(1, 1000) | None = None  # None: continuous shares; S: shares in 1/S steps
-    amortize_h: Num(0, 8760, gt=True, unit="hours") = 1.0  # one-off change costs are spread over this many hours
+    amortize_h: Num(0.01, 8760, unit="hours") = 1.0  # one-off change costs are spread over this many hours
     launch_penalty_usd: Usd = 0.5  # per launch, on top of lead time x price
     disruption_usd: Usd = 0.5  # per termination, on top of drain time x price
     default_preemptions_per_hour: PerHour = 0.02  # spot hazard of a location with no history
-    unserved_penalty_per_rps: Num(0, 1e9, gt=True, unit="$/h per req/s") | None = None  # None: derived
+    unserved_penalty_per_rps: Num(0.01, 1e9, unit="$/h per req/s") | None = None  # None: derived
     routes_path: Annotated[str, Field(min_length=1)] | None = None  # where the gateway routing table JSON is written
     coverage: Literal["reroute", "pool"] = "reroute"  # zone loss: fleet may reroute / each pool keeps beta
     spot_locations_per_pool: Int(0, 100_000) = 8  # spot candidates: k cheapest zones per pool; 0 = all
@@ -379,8 +379,8 @@ class LeaderConfig(_Model):
     """
 
     lease_name: Annotated[str, Field(min_length=1, max_length=64)] = "fleetd"  # one lease per fleet
-    ttl_s: Num(0, 3600, gt=True, unit="seconds") = 30.0
-    renew_every_s: Num(0, 3600, gt=True, unit="seconds") = 10.0
+    ttl_s: Num(1, 3600, unit="seconds") = 30.0
+    renew_every_s: Num(0.1, 3600, unit="seconds") = 10.0
     # A provider call is started only with at least this much of the lease left.
     fence_margin_s: Num(0, 3600, unit="seconds") = 5.0
 
@@ -506,7 +506,7 @@ class ForecastConfig(_Model):
     quantile: Num(0, 1, gt=True, lt=True) = 0.9  # the planner sizes for this quantile of the rate
     refit_every_s: Num(1, 30 * DAY, unit="seconds") = 3600.0  # refit of the chosen model (RateForecaster.refit)
     reselect_every_s: Num(1, 30 * DAY, unit="seconds") = 86400.0  # full selection (RateForecaster.fit, auto)
-    fit_budget_s: Num(0, 3600, gt=True, unit="seconds") = 5.0
+    fit_budget_s: Num(0.1, 3600, unit="seconds") = 5.0
     # "auto" (chosen by backtest), one candidate of forecast.models.CANDIDATES, or "recent_peak"
     # (no statsmodels: the peak of the last policy.scale_down_delay_s, SkyServe-style).
     model: Annotated[str, Field(min_length=1)] = "auto"

@@ -99,6 +99,7 @@ def check(cfg: Config, source: str = "<config>", *, connect: bool = False, repla
         out += sky_problems
     out += _profiles_dir(cfg)
     out += _capacity(cfg, offerings)
+    out += _timeouts(cfg, replay)
     for i, svc in enumerate(cfg.services):
         out += _demand(cfg, i, connect=connect and not replay, replay=replay)
         out += _forecast_model(i, svc.forecast.model)
@@ -316,6 +317,19 @@ def _skypilot_offerings(cfg: Config):
 
 # -- capacity --------------------------------------------------------------------------------
 
+def _timeouts(cfg: Config, replay: bool) -> list[Problem]:
+    """A launch timeout the simulated cloud's launches always exceed fails every launch forever."""
+    if not (replay or cfg.provider.kind == "simulated"):
+        return []
+    slowest = cfg.provider.simulated.launch_latency_s[1]
+    if cfg.policy.launch_timeout_s <= slowest:
+        return [Problem("policy.launch_timeout_s", f"{cfg.policy.launch_timeout_s:g} s is not above the simulated "
+                        f"cloud's slowest launch (provider.simulated.launch_latency_s = {slowest:g} s): launches "
+                        "would time out", "warning" if cfg.policy.launch_timeout_s > cfg.provider.simulated
+                        .launch_latency_s[0] else "error")]
+    return []
+
+
 def _profiles_dir(cfg: Config) -> list[Problem]:
     p = Path(cfg.profiles.profiles_dir)
     if p.exists() and not p.is_dir():
@@ -335,6 +349,7 @@ def _capacity(cfg: Config, offerings) -> list[Problem]:
     """
     from daemon.capacity import build_capacity
     from daemon.capacity.hardware import canonical_gpu
+    from daemon.loop.no_capacity import serves
 
     try:
         report = build_capacity(cfg)
@@ -350,7 +365,11 @@ def _capacity(cfg: Config, offerings) -> list[Problem]:
     explicit = {e.gpu for e in cfg.capacity}
     out: list[Problem] = []
     for i, svc in enumerate(cfg.services):
-        pools = [p for p in table.pools(svc.name) if _pool_gpu(p) in svc.gpus]
+        pools = [p for p in table.pools(svc.name) if _pool_gpu(p) in svc.gpus and serves(table.get(svc.name, p))]
+        for p in table.pools(svc.name):
+            if _pool_gpu(p) in svc.gpus and not serves(table.get(svc.name, p)):
+                why.setdefault((svc.name, _pool_gpu(p)), f"{p} serves no bucket within the SLO (ttft_p99_s "
+                               f"{svc.slo.ttft_p99_s}, tpot_p99_ms {svc.slo.tpot_p99_ms}): every MaxTput is 0")
         usable = [p for p in pools if offered_pools is None or p in offered_pools]
         reasons = []
         for j, gpu in enumerate(svc.gpus):

@@ -17,6 +17,10 @@ def _pool_gpu(pool: str) -> str:
     return pool.rsplit("x", 1)[0]  # Offering.pool is f"{gpu}x{gpu_count}"
 
 
+def serves(matrix) -> bool:
+    return any(v > 0 for row in (matrix or ()) for v in row)
+
+
 def services_without_capacity(cfg: Config, capacity: CapacityTable, offerings, fleet=()) -> dict[str, str]:
     """service -> why it has no capacity (pure). `fleet`: live instances, whose offerings still serve."""
     pools = {o.pool for o in offerings}
@@ -24,11 +28,13 @@ def services_without_capacity(cfg: Config, capacity: CapacityTable, offerings, f
     for svc in cfg.services:
         have = {o.pool for o in offerings if o.gpu in svc.gpus}
         have |= {f.offering.pool for f in fleet if f.service == svc.name}
-        cap = {p for p in capacity.pools(svc.name) if _pool_gpu(p) in svc.gpus}
+        # A pool whose every bucket is 0 serves nothing within the SLO (an SLO tighter than any GPU).
+        cap = {p for p in capacity.pools(svc.name) if _pool_gpu(p) in svc.gpus and serves(capacity.get(svc.name, p))}
         if have & cap:
             continue
         if not cap:
-            why = f"no capacity table, profile or estimate for any of its GPU types ({', '.join(svc.gpus)})"
+            why = (f"no capacity table, profile or estimate for any of its GPU types ({', '.join(svc.gpus)}) that "
+                   "serves a request within its SLO")
         elif not have:
             why = (f"no offering of its GPU types ({', '.join(svc.gpus)}) in the provider's catalog "
                    f"({len(offerings)} offerings, {len({o.gpu for o in offerings})} GPU types)")
