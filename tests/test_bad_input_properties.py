@@ -64,8 +64,8 @@ def _settings(n: int):
 def _report():
     yield
     print("\nproperty examples tried: " + ", ".join(f"{k} {v}" for k, v in sorted(TRIED.items()))
-          + f"; configs {sum(v for k, v in TRIED.items() if k.startswith('config'))}, traces "
-          f"{sum(v for k, v in TRIED.items() if not k.startswith('config'))}")
+          + f"; configs {sum(v for k, v in TRIED.items() if k.startswith('config') and ':' not in k)}, traces "
+          f"{sum(v for k, v in TRIED.items() if not k.startswith('config') and ':' not in k)}")
 
 
 @pytest.fixture(scope="module")
