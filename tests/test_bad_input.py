@@ -221,6 +221,35 @@ def test_request_log_that_does_not_exist_yet_is_fine(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+def test_prometheus_feed_that_does_not_answer_with_connect(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = (f'[[services]]\nname = "chat"\n[services.demand]\nkind = "prometheus"\n'
+            f'[services.demand.prometheus]\nurl = "http://127.0.0.1:{port}"\n')
+    assert run(app, ["config", "check", str(_toml(tmp_path, text))]).exit_code == 0
+    r = run(app, ["config", "check", str(_toml(tmp_path, text)), "--connect"])
+    assert r.exit_code == 2
+    assert "services[0].demand.prometheus.url" in r.output
+    assert "Prometheus does not answer" in r.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file: permissions cannot make it unreadable")
+def test_unreadable_trace_is_a_clear_error(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text(AZURE + "2023-11-16 18:15:40.0000000,10,20\n")
+    p.chmod(0)
+    try:
+        with pytest.raises(DemandInputError, match=r"t.csv: cannot read: Permission denied"):
+            read_trace(p)
+        _check_fails(tmp_path, f'[[services]]\nname = "chat"\n[services.demand]\nkind = "trace"\npath = "{p}"\n',
+                     "services[0].demand.path", r"not readable")
+    finally:
+        p.chmod(0o600)
+
+
 # -- fleetd refuses in one line ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("text,key", [

@@ -678,3 +678,73 @@ def test_simulated_state_files(workdir, doc):
         SimulatedProvider(SimulatedProviderConfig(state_file=str(p)), lambda: datetime(2026, 1, 2, tzinfo=timezone.utc))
     except OfferingsFileError as e:
         assert str(p) in str(e)
+
+
+# -- every numeric key, exhaustively: non-finite and out-of-range values name key and range -------
+
+def _numeric_keys(model: type[BaseModel] = Config, prefix: str = ""):
+    """(key path, model, field) of every number in the schema (lists of tables at their first element)."""
+    for name, f in model.model_fields.items():
+        base, b, _ = _unwrap(f.annotation)
+        path = f"{prefix}.{name}" if prefix else name
+        if typing.get_origin(base) is list:
+            elem, _, _ = _unwrap(typing.get_args(base)[0])
+            if isinstance(elem, type) and issubclass(elem, BaseModel):
+                yield from _numeric_keys(elem, f"{path}[0]")
+            continue
+        if isinstance(base, type) and issubclass(base, BaseModel):
+            yield from _numeric_keys(base, path)
+        elif base in (int, float):
+            yield path, model, name
+
+
+def _base_doc_for(path: str) -> dict:
+    """The smallest document in which `path` exists (required keys of the tables on the way filled)."""
+    doc: dict = {}
+    if path.startswith("services[0]"):
+        doc["services"] = [{"name": "chat"}]
+        if ".demand.prometheus" in path:
+            doc["services"][0]["demand"] = {"kind": "prometheus", "prometheus": {"url": "http://127.0.0.1:9"}}
+    if path.startswith("capacity[0]"):
+        doc["capacity"] = [{"model": "m", "gpu": "A10G", "tputs": [[1.0] * 4 for _ in range(4)]}]
+    if path.startswith("quotas[0]"):
+        doc["quotas"] = [{"max_gpus": 1}]
+    return doc
+
+
+def test_every_numeric_key_refuses_non_finite_and_out_of_range(workdir):
+    keys = list(_numeric_keys())
+    assert len(keys) > 60  # the walk found the schema's numbers
+    for path, model, name in keys:
+        base, b, _ = _field_bounds(model, name)
+        assert b is not None, f"{path}: a number without Bounds (every number must say its range)"
+        bad = [math.inf, -math.inf, math.nan] if base is float else []
+        bad += [b.lo - 1, b.hi * 10 + 1, True]
+        if base is int:
+            bad = [int(b.lo) - 1, int(b.hi) * 10 + 1, True, 1.0, "1"]
+        for value in bad:
+            TRIED["configs (every numeric key x bad value)"] += 1
+            doc = _base_doc_for(path)
+            _set_path(doc, path, value)
+            p = _fresh(workdir, ".toml")
+            p.write_text(to_toml(doc))
+            with pytest.raises(ConfigError) as e:
+                load_config(p)
+            msg = str(e.value)
+            assert msg.startswith(f"{p}: invalid configuration") and f"  {path}: " in msg, (path, value, msg)
+            if not isinstance(value, (bool, str)) and not (base is int and isinstance(value, float)):
+                assert b.text() in msg, (path, value, msg)  # the error says the allowed range
+
+
+def _set_path(doc: dict, path: str, value) -> None:
+    parts = _split(path)
+    cur = doc
+    for k, p in enumerate(parts[:-1]):
+        nxt = parts[k + 1]
+        if isinstance(p, int):
+            cur = cur[p]
+            continue
+        if p not in cur:
+            cur[p] = [{}] if isinstance(nxt, int) else {}
+        cur = cur[p]
+    cur[parts[-1]] = value
