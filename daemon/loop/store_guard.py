@@ -34,8 +34,14 @@ Probe = Callable[[], "str | None"]  # None: the database answered; else one line
 
 
 def connection_probe(url: str, timeout_s: float = 5.0) -> Probe:
+    """A fresh connection and `SELECT 1` with a connect timeout. A SQLite store is a local file,
+    never "unreachable" (and a probe would create a missing file): its ticks are not guarded."""
+    from sqlalchemy.engine import make_url
+
     from daemon.preflight import connect_problem
 
+    if make_url(url).get_backend_name() == "sqlite":
+        return lambda: None
     return lambda: connect_problem(url, timeout_s)
 
 
