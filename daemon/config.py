@@ -265,8 +265,8 @@ class PolicyConfig(_Model):
     headroom: Num(0, 5) = 0.2
     spot: bool = True
     budget_per_hour: Num(0.01, 1e7, unit="$/h") | None = None  # hard cap on the planned fleet's $/h
-    max_launches_per_tick: Int(0, 10000) = 10
-    max_terminations_per_tick: Int(0, 10000) = 4
+    max_launches_per_tick: Int(0, 1_000_000) = 10  # 1,000,000: no limit (the Mélange comparison)
+    max_terminations_per_tick: Int(0, 1_000_000) = 4
     drain_s: Num(0, DAY, unit="seconds") = 120.0
     scale_down_delay_s: Num(0, 7 * DAY, unit="seconds") = 1200.0  # SkyServe: scale down only after 1200 s of lower demand
     dry_run: bool = False  # plan and record, never call the provider
