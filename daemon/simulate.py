@@ -149,6 +149,7 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
     last_running: dict = {}
     failed_ticks = 0
     ticks = 0
+    first_error: str | None = None
     while clock.now <= end:
         # The forecast refit runs at its scheduled virtual times, between ticks, as fleetd's job does.
         loop.refit(clock.now)
@@ -156,6 +157,7 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
         ticks += 1
         if result.outcome == "failed":
             failed_ticks += 1
+            first_error = first_error or result.error
         for w in result.windows:
             if w.start < origin:
                 continue
@@ -203,6 +205,8 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
             "failures": failures,
             "decisions": decisions,
             "failed_ticks": failed_ticks,
+            "ticks": ticks,
+            "first_tick_error": first_error,
             "capacity_sources": {f"{svc}/{pool}": src for (svc, pool), src in sorted(loop.capacity.provenance.items())},
             "wall_seconds": round(time.perf_counter() - wall0, 2),
             "db": db_url,

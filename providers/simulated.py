@@ -67,31 +67,58 @@ def load_offerings(path: str | Path | None = None) -> list[Offering]:
         src = "providers/data/offerings.csv"
     else:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_bytes().decode("utf-8")
         except OSError as e:
             raise OfferingsFileError(f"{path}: cannot read offerings: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise OfferingsFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): not an offerings CSV") \
+                from None
         src = str(path)
     out: list[Offering] = []
     reader = csv.DictReader(text.splitlines())
     need = {"cloud", "region", "zone", "instance_type", "gpu", "gpu_count", "on_demand", "spot"}
-    missing = need - set(reader.fieldnames or [])
+    try:
+        missing = need - set(reader.fieldnames or [])
+    except csv.Error as e:
+        raise OfferingsFileError(f"{src}:1: not CSV: {e}") from None
     if missing:
         raise OfferingsFileError(f"{src}: missing columns {sorted(missing)}")
-    for line, row in enumerate(reader, start=2):
-        try:
-            base = dict(
-                cloud=row["cloud"], region=row["region"], zone=row["zone"] or None,
-                instance_type=row["instance_type"], gpu=row["gpu"], gpu_count=int(row["gpu_count"]),
-            )
-            od = float(row["on_demand"])
-            spot = float(row["spot"]) if row["spot"].strip() else None
-        except (ValueError, TypeError) as e:
-            raise OfferingsFileError(f"{src}:{line}: bad value: {e}") from None
-        if od <= 0 or (spot is not None and spot <= 0):
-            raise OfferingsFileError(f"{src}:{line}: prices must be positive")
-        out.append(Offering(**base, market=Market.ON_DEMAND, price_per_hour=od))
-        if spot is not None:
-            out.append(Offering(**base, market=Market.SPOT, price_per_hour=spot))
+    line = 1
+    try:
+        for line, row in enumerate(reader, start=2):
+            out += _offering_row(src, line, row)
+    except csv.Error as e:
+        raise OfferingsFileError(f"{src}:{line + 1}: not CSV: {e}") from None
+    if not out:
+        raise OfferingsFileError(f"{src}: no offerings in it")
+    return out
+
+
+def _offering_row(src: str, line: int, row: dict) -> list[Offering]:
+    if None in row or any(row.get(k) is None for k in ("cloud", "region", "zone", "instance_type", "gpu",
+                                                       "gpu_count", "on_demand", "spot")):
+        raise OfferingsFileError(f"{src}:{line}: expected one value per column of the header")
+    try:
+        base = dict(
+            cloud=row["cloud"].strip(), region=row["region"].strip(), zone=row["zone"].strip() or None,
+            instance_type=row["instance_type"].strip(), gpu=row["gpu"].strip(), gpu_count=int(row["gpu_count"]),
+        )
+        od = float(row["on_demand"])
+        spot = float(row["spot"]) if row["spot"].strip() else None
+    except (ValueError, TypeError) as e:
+        raise OfferingsFileError(f"{src}:{line}: bad value: {e}") from None
+    for name in ("cloud", "region", "instance_type", "gpu"):
+        if not base[name]:
+            raise OfferingsFileError(f"{src}:{line}: {name} is empty")
+    if not 1 <= base["gpu_count"] <= 64:
+        raise OfferingsFileError(f"{src}:{line}: gpu_count must be 1..64, got {base['gpu_count']}")
+    # Finite and within what any GPU machine costs ($/h): inf or nan would make every plan fail.
+    for what, price in (("on_demand", od), ("spot", spot)):
+        if price is not None and not (math.isfinite(price) and 0 < price <= 10_000):
+            raise OfferingsFileError(f"{src}:{line}: {what} price must be > 0 and <= 10000 $/h, got {price}")
+    out = [Offering(**base, market=Market.ON_DEMAND, price_per_hour=od)]
+    if spot is not None:
+        out.append(Offering(**base, market=Market.SPOT, price_per_hour=spot))
     return out
 
 
@@ -307,10 +334,19 @@ class SimulatedProvider:
 
     def _load_state(self) -> None:
         self._instances = {}
+
+        def when(text) -> datetime:
+            t = datetime.fromisoformat(text)
+            if t.tzinfo is None:  # compared with the loop's aware clock on every call
+                raise ValueError(f"time {text!r} has no UTC offset")
+            return t
+
         try:
-            doc = json.loads(self._state_path.read_text())
-            self._epoch = datetime.fromisoformat(doc["epoch"]) if doc.get("epoch") else None
-            self._last = datetime.fromisoformat(doc["last"]) if doc.get("last") else None
+            doc = json.loads(self._state_path.read_bytes().decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            self._epoch = when(doc["epoch"]) if doc.get("epoch") else None
+            self._last = when(doc["last"]) if doc.get("last") else None
             v, internal, gauss = doc["rng"]
             self._rng.setstate((v, tuple(internal), gauss))
             for d in doc["instances"]:
@@ -319,12 +355,13 @@ class SimulatedProvider:
                     continue  # no longer offered (edited table): it is reported vanished
                 self._instances[d["name"]] = _SimInstance(
                     name=d["name"], offering=off, status=InstanceStatus(d["status"]),
-                    since=datetime.fromisoformat(d["since"]), ready_at=datetime.fromisoformat(d["ready_at"]),
+                    since=when(d["since"]), ready_at=when(d["ready_at"]),
                     will_fail=d["will_fail"], failure=FailureKind(d["failure"]) if d["failure"] else None,
                     detail=d["detail"],
                 )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise OfferingsFileError(f"{self._state_path}: unreadable simulated-cloud state: {e}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+            raise OfferingsFileError(f"{self._state_path}: unreadable simulated-cloud state: "
+                                     f"{type(e).__name__}: {str(e)[:200]}") from None
 
     def _preempt(self, inst: _SimInstance, at: datetime) -> None:
         inst.status = InstanceStatus.PREEMPTED

@@ -54,11 +54,24 @@ from daemon.cli.common import open_existing as _open_existing  # noqa: E402
 
 
 @config_app.command("check")
-def config_check(file: Path = typer.Argument(..., help="TOML configuration file")) -> None:
-    """Validate a configuration file; errors name the key path and the allowed values."""
+def config_check(file: Path = typer.Argument(..., help="TOML configuration file"),
+                 connect: bool = typer.Option(False, "--connect", help="also connect to the database server (and "
+                                              "a Prometheus feed, the SkyPilot catalog)")) -> None:
+    """Validate a configuration file and what it points at (store, files, capacity of every service):
+    what fleetd checks before it starts. Errors name the file, the key path and what is allowed."""
+    from daemon.logging import configure_logging
+    from daemon.preflight import check, errors
+
+    configure_logging("error")  # the capacity estimator's notes are not problems of the file
     cfg = _load_config(file)
+    problems = check(cfg, str(file), connect=connect)
+    for p in problems:
+        typer.echo(f"{'error' if p.level == 'error' else 'warning'}: {p.line(str(file))}", err=True)
+    bad = errors(problems)
+    if bad:
+        raise typer.Exit(2)
     typer.echo(f"{file}: ok ({len(cfg.services)} service(s), provider {cfg.provider.kind}, "
-               f"store {mask_url(cfg.store.url)})")
+               f"store {mask_url(cfg.store.url)}{', connected' if connect else ''})")
 
 
 @db_app.command("upgrade")
@@ -69,6 +82,10 @@ def db_upgrade(db: Optional[str] = typer.Option(None, help="database URL"),
     from daemon.store.repo import Store
 
     url = _db_url(db, config)
+    from daemon.preflight import check_store
+
+    for p in check_store(url):  # a SQLite file under a regular file, in a directory not ours, ...
+        _fail(p.message)
     with _db_errors(url):
         before, after = upgrade(Store.open(url).engine)
     typer.echo(f"{mask_url(url)}: {before or 'empty'} -> {after}")
@@ -114,6 +131,7 @@ def simulate(
         typer.echo(f"note: provider.kind = {cfg.provider.kind} in the config; a replay always uses the simulated "
                    "provider with [provider.simulated]", err=True)
     url = db or DEFAULT_SIM_DB
+    _replay_preflight(cfg, config, db, trace)
     if db is None:
         path = Path(url.removeprefix("sqlite:///"))
         for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
@@ -149,7 +167,8 @@ def simulate(
                 print(f"simulate: {frac:4.0%} virtual time {info['at'][:16]}", file=sys.stderr, flush=True)
 
         try:
-            summary = run_sim(cfg, workload, url, warmup_s=warmup_s, progress=on_progress).as_dict()
+            with _db_errors(url):
+                summary = run_sim(cfg, workload, url, warmup_s=warmup_s, progress=on_progress).as_dict()
         except ValueError as e:
             from daemon.redact import redact, url_secrets
 
@@ -157,8 +176,36 @@ def simulate(
     summary = {**summary, "db": mask_url(summary["db"])}
     if as_json:
         typer.echo(json.dumps(summary))
-        return
-    _print_summary(summary)
+    else:
+        _print_summary(summary)
+    _fail_if_ticks_failed(summary)
+
+
+def _replay_preflight(cfg, config: Optional[Path], db: Optional[str], trace: Optional[Path]) -> None:
+    """What a replay needs before it starts: a store it can write (--db; the default file is made
+    anew), the files and the capacity of its config (daemon/preflight.py)."""
+    from daemon.cli.common import check_url_or_fail
+    from daemon.preflight import check, check_store, errors
+
+    found = []
+    if db is not None:
+        check_url_or_fail(db)
+        found = check_store(db, connect=True, key="--db")
+    found += [p for p in check(cfg, str(config or "<built-in defaults>"), replay=True)
+              if not (trace is not None and p.key == "services[0].demand.path")]
+    for p in found:
+        typer.echo(f"{p.level}: {p.line(str(config or '<built-in defaults>') if p.key != '--db' else 'simulate')}",
+                   err=True)
+    if errors(found):
+        raise typer.Exit(2)
+
+
+def _fail_if_ticks_failed(summary: dict) -> None:
+    """A replay most of whose ticks failed measured nothing: exit non-zero, saying why."""
+    failed, ticks = summary.get("failed_ticks", 0), summary.get("ticks") or summary.get("decisions", 0)
+    if ticks and failed * 2 > ticks:
+        _fail(f"{failed} of {ticks} ticks failed; first failure: {summary.get('first_tick_error') or 'see the log'} "
+              f"(fleetctl decisions list --outcome failed --db ...)", 1)
 
 
 def _print_summary(summary: dict) -> None:
@@ -204,14 +251,18 @@ def status(db: Optional[str] = typer.Option(None, help="database URL (default: F
     typer.echo(render_status(st, terminal_width()))
 
 
+@contextmanager
 def _reader(url: str):
-    """A read-only store connection without SQLAlchemy (daemon/store/fastread.py): fast to start."""
+    """A read-only store connection without SQLAlchemy (daemon/store/fastread.py): fast to start.
+    A database that fails while it is read is one line too, never a traceback."""
     from daemon.store.fastread import StoreUnavailable, open_reader
 
     try:
-        return open_reader(url)
+        r = open_reader(url)
     except StoreUnavailable as e:
         _fail(str(e))
+    with r, _db_errors(url):
+        yield r
 
 
 def _utc(d: Optional[datetime]) -> Optional[datetime]:

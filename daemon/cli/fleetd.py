@@ -84,6 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     def scrub(e: BaseException) -> str:
         return redact(f"{type(e).__name__}: {e}", secrets)
 
+    from daemon.preflight import startup_refusal  # a config it cannot run is refused here, in one line
+
+    if (why := startup_refusal(cfg, args.config)) is not None:
+        print(f"fleetd: {why}", file=sys.stderr)
+        return 2
+
     from daemon.store.lease import AnotherDaemonRunning, single_daemon_lock
 
     try:
@@ -172,6 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         result = runner.tick()
         finish_up()
         return 0 if result.outcome != "failed" else 1
+    from daemon.loop.store_guard import StoreGuard  # database down: ticks skipped with back-off, alerted once back
+
+    runner.run = StoreGuard.for_store(loop.store, _now, cfg.loop.tick_interval_s).wrap(runner.run)
 
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED
     from apscheduler.schedulers.background import BackgroundScheduler

@@ -204,12 +204,13 @@ def _store_history(service: str):
     """(history windows, recorded forecasts) of a service from the store (FLEET_CONFIG, FLEET_DB)."""
     import os
 
-    from daemon.cli.common import fail, load_config_or_fail, open_existing
+    from daemon.cli.common import db_errors, fail, load_config_or_fail, open_existing
     from daemon.store.repo import Store
 
     cfg = load_config_or_fail(Path(os.environ["FLEET_CONFIG"]) if os.environ.get("FLEET_CONFIG") else None)
-    store = open_existing(os.environ.get("FLEET_DB", cfg.store.url))
-    with store.session() as s:
+    url = os.environ.get("FLEET_DB", cfg.store.url)
+    store = open_existing(url)
+    with db_errors(url), store.session() as s:
         try:
             return Store.forecast_history(s, service, cfg.buckets.grid(), cfg.loop.history_s)
         except LookupError as e:

@@ -91,7 +91,7 @@ class RequestLogTail:
             if old is not None:
                 res = scan(old, self.fmt, self.columns, offset, line, complete=True, on_bad_row=self.on_bad_row)
                 rows += res.rows
-                bad += len(res.bad)
+                bad += res.bad_count
                 problems += [str(b) for b in res.bad[:20]]
             else:
                 problems.append(f"{self.path}: rotated, and the previous file (inode {cur['ident'][1]}) is gone; "
@@ -108,10 +108,10 @@ class RequestLogTail:
         res = scan(self.path, self.fmt, self.columns, offset, line, complete=False, on_bad_row=self.on_bad_row,
                    max_bytes=self.max_bytes)
         rows += res.rows
-        bad += len(res.bad)
+        bad += res.bad_count
         problems += [str(b) for b in res.bad[:20]]
-        if len(res.bad) > 20:
-            problems.append(f"{self.path}: ... {len(res.bad) - 20} more malformed rows skipped")
+        if res.bad_count > 20:
+            problems.append(f"{self.path}: ... {res.bad_count - 20} more malformed rows skipped")
         windows, state, late = self._fold(rows, cur, now_s)
         if late:
             problems.append(f"{self.path}: {late} request(s) arrived after their window was stored (raise "

@@ -44,6 +44,7 @@ from daemon.loop.decide import (
     refit_forecasts, reused,
 )
 from daemon.loop.liveness import FAILURE_REASONS, SUCCESS_REASONS, Liveness, liveness, market_backoff
+from daemon.loop.no_capacity import services_without_capacity
 from daemon.loop.reconcile import Action, ActionKind, Reconciliation, reconcile
 from daemon.loop.state import LoopState, history_since
 from daemon.loop.sync import SyncResult, sync_from_provider
@@ -452,7 +453,9 @@ def record_intent(loop: Loop, obs: Observation, live: Liveness, forecasts: dict[
             **({"outcome": "applied" if mode == "apply" else mode, "fleet_cost_per_hour": _billable(obs)}
                if final else {}),
         )
-        _decision_alerts(s, cfg, obs, live, the_plan, rec, now, decision_id)
+        # A service no offering can serve: alerted every tick, never a silent $0 fleet (issue 13).
+        starved = services_without_capacity(cfg, loop.capacity, obs.offerings, obs.fleet.fleet)
+        _decision_alerts(s, cfg, obs, live, the_plan, rec, now, decision_id, starved)
         if mode == "apply":
             _record_intents(s, loop, rec.actions, obs.offerings, now, decision_id)
         loop.guard.fence(s)  # last, so the lease is held (share-locked on PostgreSQL) until the commit
@@ -471,7 +474,11 @@ def _billable(obs: Observation) -> float:
 
 
 def _decision_alerts(s, cfg: Config, obs: Observation, live: Liveness, the_plan: Plan, rec: Reconciliation,
-                     now: datetime, decision_id: int) -> None:
+                     now: datetime, decision_id: int, starved: dict[str, str] | None = None) -> None:
+    starved = starved or {}
+    for svc, why in starved.items():
+        Store.alert(s, now, "critical", "no_capacity", f"{svc} can get no capacity at all: {why}; it runs no "
+                    "instance whatever its demand and min_replicas", service=svc, decision_id=decision_id)
     if rec.skipped_for_budget:
         Store.alert(s, now, "critical", "budget",
                     f"{rec.skipped_for_budget} launch(es) not made: budget {cfg.policy.budget_per_hour} $/h",
@@ -481,9 +488,11 @@ def _decision_alerts(s, cfg: Config, obs: Observation, live: Liveness, the_plan:
     for svc, rps in (the_plan.unserved_rps.items() if fresh else ()):
         Store.alert(s, now, "warning", "unserved", f"{rps:.2f} req/s of {svc} cannot be served: "
                     + "; ".join(the_plan.notes), service=svc, decision_id=decision_id)
-    if fresh and the_plan.binding:
+    # Not "bound by min_replicas" for a service that has no capacity at all: the alert above says why.
+    binding = [b for b in the_plan.binding if b.split(":")[1:2] not in [[n] for n in starved]]
+    if fresh and binding:
         Store.alert(s, now, "warning", "binding_limit",
-                    f"plan bound by {', '.join(the_plan.binding)}: " + "; ".join(the_plan.notes),
+                    f"plan bound by {', '.join(binding)}: " + "; ".join(the_plan.notes),
                     decision_id=decision_id)
     if not the_plan.acceptable:
         Store.alert(s, now, "critical", "plan_unusable",
