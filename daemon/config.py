@@ -218,7 +218,9 @@ class DemandSourceConfig(_Model):
     # request-log: a log the daemon tails as it grows; prometheus: vLLM's metrics.
     kind: Literal["demo", "trace", "request-log", "prometheus"] = "demo"
     path: Annotated[str, Field(min_length=1)] | None = None  # the request log (trace, request-log); .xz/.gz/.bz2 only for trace
-    format: Literal["auto", "azure", "jsonl", "csv"] = "auto"
+    # haproxy: the gateway's own per-request log (daemon/gateway/logformat.py; every service's
+    # requests in one file, each service reads its own): set lateness_s to your longest request.
+    format: Literal["auto", "azure", "jsonl", "csv", "haproxy"] = "auto"
     columns: dict[str, str] = {}  # other column / key names: {"timestamp": ..., "input_tokens": ..., "output_tokens": ...}
     on_bad_row: Literal["skip", "reject"] = "skip"
     speedup: Num(0.001, 1e6) = 1.0  # trace: trace seconds per clock second

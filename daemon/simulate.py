@@ -137,7 +137,8 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
     # The workload drives the first service; a multi-service replay feeds each from its own trace.
     svc = cfg.services[0].name
     replay = TraceReplay(svc, trace, grid, window_s, origin)
-    loop = build_system(cfg, clock=clock, store=store, provider=provider, sources={svc: replay}).loop()
+    loop = build_system(cfg, clock=clock, store=store, provider=provider, sources={svc: replay},
+                        gateway=False).loop()  # a replay drives no real gateway
     prior = replay.preview(before=clock.now, count=max(1, int(math.ceil(cfg.policy.scale_down_delay_s / window_s / 2))))
     with store.session() as s:
         Store.add_demand_windows(s, prior)

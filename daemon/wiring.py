@@ -35,12 +35,13 @@ class System:
     sources: dict[str, DemandSource]
     clock: Clock
     capacity: CapacityTable
+    gateway: object | None = None  # daemon.gateway.Gateway when [gateway] enabled
 
     def loop(self):
         from daemon.loop.tick import Loop
 
         return Loop(cfg=self.cfg, store=self.store, provider=self.provider, sources=self.sources, clock=self.clock,
-                    capacity=self.capacity)
+                    capacity=self.capacity, gateway=self.gateway)
 
 
 def open_store(cfg: Config, url: str | None = None, *, durable: bool = True, daemon: bool = False) -> Store:
@@ -100,7 +101,8 @@ def load_workload(cfg: Config, svc: ServiceConfig, path: str | None = None):
     d = svc.demand
     if path is not None or d.kind == "trace":
         fmt = d.format if d.kind in ("trace", "request-log") else "auto"
-        return read_trace(path or d.path, fmt=fmt, on_bad_row=d.on_bad_row, columns=d.columns or None)
+        return read_trace(path or d.path, fmt=fmt, on_bad_row=d.on_bad_row, columns=d.columns or None,
+                          service=svc.name)
     return demo_trace(days=d.demo_days, mean_rps=d.demo_mean_rps, seed=d.demo_seed)
 
 
@@ -118,6 +120,20 @@ def resume_sources(store: Store, sources: dict[str, DemandSource]) -> None:
             src.resume(cursor)
 
 
+def build_gateway(cfg: Config):
+    """The HAProxy gateway the loop keeps in step with each applied tick ([gateway] enabled), or None.
+
+    Its state directory gets what HAProxy needs to start (maps, backends.cfg, the Lua filter)
+    where missing, so a HAProxy started from `fleetctl gateway config` comes up routing."""
+    if not cfg.gateway.enabled:
+        return None
+    from daemon.gateway import Gateway
+
+    gw = Gateway(cfg)
+    gw.init_state_dir()
+    return gw
+
+
 def build_capacity(cfg: Config) -> CapacityTable:
     from daemon.capacity import capacity_table
 
@@ -126,7 +142,7 @@ def build_capacity(cfg: Config) -> CapacityTable:
 
 def build_system(cfg: Config, *, clock: Clock = wall_clock, store: Store | None = None,
                  provider: Provider | None = None, sources: dict[str, DemandSource] | None = None,
-                 resume: bool = True) -> System:
+                 resume: bool = True, gateway: bool = True) -> System:
     """A running system: the store must already hold the current schema (fleetd migrates first).
 
     Parts given are used as they are (the replay brings its own sources and a
@@ -138,4 +154,4 @@ def build_system(cfg: Config, *, clock: Clock = wall_clock, store: Store | None 
         sources = build_sources(cfg, clock())
         if resume:
             resume_sources(store, sources)
-    return System(cfg, store, provider, sources, clock, build_capacity(cfg))
+    return System(cfg, store, provider, sources, clock, build_capacity(cfg), build_gateway(cfg) if gateway else None)

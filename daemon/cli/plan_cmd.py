@@ -161,7 +161,7 @@ def plan(
     url = db or cfg_all.store.url
     store = open_existing(url)  # a clear error for a missing or unmigrated store
     # The provider is asked for offerings only; demand comes from the store, so no source is built.
-    system = build_system(cfg_all, store=store, sources={})
+    system = build_system(cfg_all, store=store, sources={}, gateway=False)
     with db_errors(url):
         inputs = plan_inputs_now(system.loop(), wall_clock())
     solver_cfg = cfg_all.solver if solver is None else cfg_all.solver.model_copy(update={"backend": solver})

@@ -38,7 +38,7 @@ import numpy as np
 
 from daemon.demand.errors import DemandInputError
 
-FORMATS = ("azure", "jsonl", "csv")
+FORMATS = ("azure", "jsonl", "csv", "haproxy")
 FIELDS = ("timestamp", "input_tokens", "output_tokens")
 AZURE_COLUMNS = {"timestamp": "TIMESTAMP", "input_tokens": "ContextTokens", "output_tokens": "GeneratedTokens"}
 JSONL_KEYS = {"timestamp": "timestamp", "input_tokens": "input_length", "output_tokens": "output_length"}
@@ -70,6 +70,9 @@ class RequestRow:
     output_tokens: int
     line: int  # 1-based line number in the file
     offset: int = 0  # byte offset of the line's start (decompressed bytes for compressed files)
+    # Request bytes of a request the gateway answered in full with vLLM's token counts: with
+    # input_tokens, one (bytes, prompt tokens) pair for the gateway's bytes-per-token fit.
+    request_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,8 @@ def detect_format(path: Path, head: bytes) -> str:
                                "binary file, not Azure CSV, JSONL or CSV text)")
     text = head.lstrip()
     if text.startswith(b"{"):
-        return "jsonl"
+        # The gateway's own records (daemon/gateway/logformat.py) are JSON too: known by their keys.
+        return "haproxy" if b'"backend"' in text and b'"req_bytes"' in text else "jsonl"
     cols = {c.strip().strip('"') for c in head.decode("utf-8", "replace").strip().split(",")}
     if set(AZURE_COLUMNS.values()) <= cols:
         return "azure"
@@ -201,9 +205,37 @@ def detect_format(path: Path, head: bytes) -> str:
     )
 
 
+# A gateway log's request without token counts (an error, a stream cut short) is still demand;
+# its prompt size is estimated from its bytes at this many bytes per token (English text with
+# JSON around it: the gateway's own default guess, config gateway.bytes_per_token).
+GATEWAY_BYTES_PER_TOKEN = 3.0
+
+
 def make_parser(path: Path, fmt: str, header: str, columns: dict[str, str] | None = None,
-                timestamp_unit: float | None = None) -> tuple[LineParser, bool]:
-    """(parser of one line, whether the first line is a header to skip)."""
+                timestamp_unit: float | None = None, service: str | None = None) -> tuple[LineParser, bool]:
+    """(parser of one line, whether the first line is a header to skip).
+
+    A parser returns (timestamp, input tokens, output tokens[, request bytes]) or None for a
+    line that is no request of `service` (the gateway's log holds every service's requests
+    and HAProxy's own messages)."""
+    if fmt == "haproxy":
+        from daemon.gateway.logformat import GatewayLogError, parse_line
+
+        def parse_gateway(line: str):
+            try:
+                rec = parse_line(line, None, str(path))
+            except GatewayLogError as e:
+                raise RowError("<record>", str(e)) from None
+            if rec is None or (service is not None and rec.service != service):
+                return None
+            t = _epoch(rec.timestamp, 1.0)
+            inp = rec.input_tokens
+            if inp is None:
+                inp = int(round((rec.request_bytes or 0) / GATEWAY_BYTES_PER_TOKEN))
+            pair = rec.request_bytes if (rec.completed and rec.request_bytes and rec.input_tokens) else None
+            return t, _tokens(inp), _tokens(rec.output_tokens or 0), pair
+
+        return parse_gateway, False
     if fmt == "jsonl":
         keys = {**JSONL_KEYS, **(columns or {})}
         unit = 1e-3 if timestamp_unit is None else timestamp_unit
@@ -303,7 +335,7 @@ def first_line(path: Path) -> bytes:
 def scan(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = None, start_offset: int = 0,
          start_line: int = 0, *, complete: bool | None = None, on_bad_row: Literal["skip", "reject"] = "skip",
          max_bytes: int | None = None, timestamp_unit: float | None = None,
-         max_bad_rows: int | None = None) -> Scan:
+         max_bad_rows: int | None = None, service: str | None = None) -> Scan:
     """Rows from byte `start_offset` to the last complete line (all of it when `complete`).
 
     `start_line` is the number of lines before `start_offset` (for line numbers in
@@ -327,7 +359,8 @@ def scan(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = N
         if len(head) >= 1 << 16:
             raise DemandInputError(f"{p}:1: the header line is longer than 64 KiB: not a request log")
         return Scan(end_offset=start_offset, end_line=start_line)  # the header is still being written
-    parse, has_header = make_parser(p, fmt, head.decode("utf-8", "replace").strip(), columns, timestamp_unit)
+    parse, has_header = make_parser(p, fmt, head.decode("utf-8", "replace").strip(), columns, timestamp_unit,
+                                    service)
     out = Scan(end_offset=start_offset, end_line=start_line)
     limit = MAX_TRACE_BYTES if max_bytes is None else max_bytes
     try:
@@ -368,13 +401,15 @@ def scan(path: str | Path, fmt: str = "auto", columns: dict[str, str] | None = N
         else:
             try:
                 text = raw.decode("utf-8").strip()
-                t, a, b = parse(text)
+                got = parse(text)
             except UnicodeDecodeError as e:
                 bad = BadRow(str(p), line_no, "<line>", f"not UTF-8 text ({e.reason} at byte {e.start})")
             except RowError as e:
                 bad = BadRow(str(p), line_no, e.field, str(e)[:300])
             else:
-                out.rows.append(RequestRow(t, a, b, line_no, row_offset))
+                if got is not None:  # None: not a request of this service (a gateway log holds all)
+                    out.rows.append(RequestRow(got[0], got[1], got[2], line_no, row_offset,
+                                               got[3] if len(got) > 3 else None))
                 continue
         if on_bad_row == "reject":
             raise DemandInputError(str(bad))
@@ -419,12 +454,15 @@ class RequestTrace:
 
 
 def read_trace(path: str | Path, fmt: str = "auto", on_bad_row: Literal["skip", "reject"] = "skip",
-               max_bad_rows: int = 1000, columns: dict[str, str] | None = None) -> RequestTrace:
-    """A whole request log as a `RequestTrace` (replay). Errors name the file and line."""
+               max_bad_rows: int = 1000, columns: dict[str, str] | None = None,
+               service: str | None = None) -> RequestTrace:
+    """A whole request log as a `RequestTrace` (replay). Errors name the file and line.
+
+    `service`: of a gateway log, which holds every service's requests, only this one's."""
     p = Path(path)
     if not p.is_file():
         raise DemandInputError(f"{p}: trace file not found")
-    res = scan(p, fmt, columns, complete=True, on_bad_row=on_bad_row, max_bad_rows=max_bad_rows)
+    res = scan(p, fmt, columns, complete=True, on_bad_row=on_bad_row, max_bad_rows=max_bad_rows, service=service)
     if not res.rows:
         first = f"; first problem: {res.bad[0]}" if res.bad else ""
         raise DemandInputError(f"{p}: no valid requests in the trace{first}")

@@ -89,7 +89,8 @@ class RequestLogTail:
             # Rotated by rename: the old file's rest first, found by its inode beside the new one.
             old = _find_by_inode(self.path.parent, cur["ident"])
             if old is not None:
-                res = scan(old, self.fmt, self.columns, offset, line, complete=True, on_bad_row=self.on_bad_row)
+                res = scan(old, self.fmt, self.columns, offset, line, complete=True, on_bad_row=self.on_bad_row,
+                           service=self.service)
                 rows += res.rows
                 bad += res.bad_count
                 problems += [str(b) for b in res.bad[:20]]
@@ -105,7 +106,7 @@ class RequestLogTail:
             replaced = True
         else:
             replaced = False
-        res = scan(self.path, self.fmt, self.columns, offset, line, complete=False, on_bad_row=self.on_bad_row,
+        res = scan(self.path, self.fmt, self.columns, offset, line, complete=False, on_bad_row=self.on_bad_row, service=self.service,
                    max_bytes=self.max_bytes)
         rows += res.rows
         bad += res.bad_count
@@ -120,7 +121,8 @@ class RequestLogTail:
             head = _fingerprint(self.path, min(FINGERPRINT_BYTES, res.end_offset))
         new = {"path": str(self.path), "ident": ident, "head": head, "offset": res.end_offset, "line": res.end_line,
                **state}
-        return DemandPoll(self.service, tuple(windows), new, tuple(problems), bad)
+        samples = tuple((r.request_bytes, r.input_tokens) for r in rows if r.request_bytes)
+        return DemandPoll(self.service, tuple(windows), new, tuple(problems), bad, samples)
 
     # -- windows -------------------------------------------------------------------------
 

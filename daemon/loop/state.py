@@ -36,6 +36,10 @@ class LoopState:
     # The fencing token of the lease this loop last led with (None: not led yet, or no lease):
     # a new token means the daemon has just become leader and starts again from the store.
     led_with: int | None = None
+    # Gateway: drains still holding connections (instance names; their termination waits), and
+    # the (request bytes, prompt tokens) pairs its bytes-per-token fit learns from.
+    drain_busy: frozenset = frozenset()
+    _sizes: object = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     def reset(self) -> None:
@@ -63,6 +67,14 @@ class LoopState:
                 if k:
                     del ws[:k]
             return {name: list(ws) for name, ws in self.history.items()}
+
+    def size_tracker(self, cfg):
+        if self._sizes is None:
+            from daemon.gateway.bytes_per_token import BytesPerTokenTracker
+
+            g = cfg.gateway
+            self._sizes = BytesPerTokenTracker(g.bytes_per_token_quantile, g.bytes_per_token_min_samples)
+        return self._sizes
 
     def store_changed(self) -> None:
         """A transition was written: what was cached from the store is stale."""

@@ -74,6 +74,7 @@ class Loop:
     capacity: CapacityTable | None = None
     state: LoopState = field(default_factory=LoopState)
     guard: Guard = field(default_factory=Guard)  # the leader lease and the watchdog (fleetd sets them)
+    gateway: object | None = None  # daemon.gateway.Gateway, kept in step after each applied tick
 
     def __post_init__(self) -> None:
         if self.capacity is None:
@@ -238,6 +239,8 @@ def observe(loop: Loop, now: datetime) -> Observation:
     # The windows and cursors are committed: only now may the sources move.
     for p in polls:
         loop.sources[p.service].commit(p)
+        if p.size_samples:  # a gateway log: what its bytes-per-token fit learns from
+            loop.state.size_tracker(cfg).add(p.service, p.size_samples)
     crashpoint.hit("observe.after_cursor_commit")
     clean_up(loop, sync, snap.offerings, now)
     if fleet is None:  # orphans were adopted or terminated: read the fleet again
@@ -417,7 +420,10 @@ def reconcile_phase(loop: Loop, obs: Observation, live: Liveness, the_plan: Plan
         if a.reason is Reason.LAUNCH_TIMEOUT:
             lost[a.service] += 1  # its replacement is a replacement
     offer_map = {o.key: o for o in obs.offerings}
-    rec = reconcile(the_plan, [f for f in obs.fleet.fleet if f.id not in gone], offer_map, loop.cfg.policy, now, lost)
+    # Drains the gateway says still hold connections are not terminated yet (liveness forces
+    # them after policy.drain_timeout_s).
+    rec = reconcile(the_plan, [f for f in obs.fleet.fleet if f.id not in gone], offer_map, loop.cfg.policy, now, lost,
+                    hold_drains=loop.state.drain_busy)
     return replace(rec, actions=tuple(live.actions) + rec.actions)
 
 
@@ -604,24 +610,35 @@ def finish(loop: Loop, obs: Observation, forecasts: dict[str, DemandForecast], t
     running: Counter = Counter()
     serving = []
     if final:  # nothing was applied: the fleet is as observed, and the decision is written
-        for f in obs.fleet.fleet:
-            if State(f.state) is State.RUNNING:
-                running[(f.service, f.offering.pool)] += 1
-                serving.append((f.name, f.service, f.offering.pool, f.offering.key, f.endpoint))
+        fleet = [(f.name, f.service, f.offering.pool, f.offering.key, f.endpoint, str(f.state))
+                 for f in obs.fleet.fleet]
     else:
         with loop.store.session() as s:
             loop.guard.fence(s)
             live = Store.fleet_rows(s)
-            for r in live:
-                if r.state == State.RUNNING:
-                    running[(r.service, r.pool)] += 1
-                    serving.append((r.name, r.service, r.pool, r.offering_key, r.endpoint))
             Store.finish_decision(s, decision_id, outcome, launches, terminations,
                                   sum(r.price_per_hour for r in live if r.state in BILLABLE))
             crashpoint.hit("finish.before_commit")
         crashpoint.hit("finish.after_commit")
+        fleet = [(r.name, r.service, r.pool, r.offering_key, r.endpoint, r.state) for r in live]
+    for name, service, pool, key, endpoint, state in fleet:
+        if state == State.RUNNING:
+            running[(service, pool)] += 1
+            serving.append((name, service, pool, key, endpoint))
     if mode == "apply":
         _publish(loop, the_plan, obs, serving, now, decision_id)
+        if loop.gateway is not None:
+            from daemon.gateway import Replica
+            from daemon.loop.gateway_step import sync_gateway
+
+            # Instances that ended this tick are passed as gone, so a dead machine's connections are cut.
+            ended = {r.name: r for r in obs.sync.rows if r.name in set(obs.sync.lost)}
+            replicas = [Replica(svc, pool, name, ep, st) for name, svc, pool, _, ep, st in fleet] + [
+                Replica(r.service, f"{r.gpu}x{r.gpu_count}", r.name, r.endpoint, "gone") for r in ended.values()]
+            try:
+                sync_gateway(loop, the_plan, replicas, now, decision_id)
+            except Exception as e:  # the gateway is an edge: a failure there never fails the tick
+                log.error("gateway_sync_failed", decision=decision_id, error=f"{type(e).__name__}: {e}")
     log.info("tick", decision=decision_id, outcome=outcome,
              forecast_rps=round(sum(f.rate_rps for f in forecasts.values()), 3),
              planned_cost=round(the_plan.cost_per_hour, 3), plan_status=the_plan.status,
