@@ -8,6 +8,7 @@ typo in a budget cap must not silently mean "no cap".
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,11 +447,11 @@ class Config(_Model):
         for k, entry in enumerate(self.capacity):
             if len(entry.tputs) != grid.n_input or any(len(r) != grid.n_output for r in entry.tputs):
                 raise ValueError(
-                    f"capacity[{k}].tputs must be {grid.n_input} rows x {grid.n_output} columns "
+                    f"capacity[{k}].tputs: must be {grid.n_input} rows x {grid.n_output} columns "
                     f"(the [buckets] grid), got {len(entry.tputs)} rows"
                 )
         if self.gateway.default_service is not None and self.gateway.default_service not in names:
-            raise ValueError(f"gateway.default_service {self.gateway.default_service!r} is not a service ({names})")
+            raise ValueError(f"gateway.default_service: {self.gateway.default_service!r} is not a service ({names})")
         return self
 
 
@@ -486,6 +487,10 @@ def format_validation_error(err: ValidationError, source: str) -> str:
             msg = f"{msg} (got {e.get('input')!r})"
         elif e["type"] == "value_error":
             msg = msg.removeprefix("Value error, ")
+            # A check across keys names the key it faults ("gateway.default_service: ...").
+            named = re.match(r"([A-Za-z_][\w.\[\]]*): (.*)", msg, flags=re.S)
+            if loc == "<top level>" and named:
+                loc, msg = named.group(1), named.group(2)
         elif e["type"].endswith("_type") or e["type"] in ("int_from_float", "string_pattern_mismatch"):
             msg = f"{msg}, got {_shown(e.get('input'))}"
         lines.append(f"  {loc}: {msg}")

