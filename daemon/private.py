@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from daemon.files import write_atomic
+
 PRIVATE_MODE = 0o600
 
 
@@ -43,16 +45,4 @@ def write_private_atomic(path: str | Path, data: str, durable: bool = False) -> 
 
     `durable` also fsyncs the data before the rename, for a power loss.
     """
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_WRONLY, PRIVATE_MODE)
-    try:
-        os.fchmod(fd, PRIVATE_MODE)
-        with os.fdopen(fd, "w", closefd=False) as f:
-            f.write(data)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, data, mode=PRIVATE_MODE, durable=durable)

@@ -42,9 +42,10 @@ def config_cmd(
     check: bool = typer.Option(False, "--check", help="validate the result with `haproxy -c`"),
 ) -> None:
     """Render haproxy.cfg for the configured services (routing by size bucket, weighted pools)."""
+    from daemon.files import write_atomic
     from daemon.gateway.layout import Layout
     from daemon.gateway.render import render_haproxy_cfg
-    from daemon.gateway.sync import Gateway, write_atomic
+    from daemon.gateway.sync import Gateway
 
     cfg = _load(config)
     text = render_haproxy_cfg(cfg)

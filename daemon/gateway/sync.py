@@ -31,9 +31,7 @@ connections (`drain_busy`: hold their termination) or hold none (`drained`: safe
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +39,7 @@ from typing import Callable, Mapping
 from urllib.parse import urlsplit
 
 from daemon.config import Config
+from daemon.files import write_atomic
 from daemon.gateway.bytes_per_token import BytesPerToken, edges_moved
 from daemon.gateway.layout import Layout, backend_name, server_name, split_backend
 from daemon.gateway.maps import (MapRow, bucket_rows, byte_edges_of, effective_shares, map_file_text,
@@ -314,22 +313,6 @@ def plan_sync(cfg: Config, observed: Observed, desired: DesiredState,
         files=files, drain_busy=drain_busy, drained=tuple(drained), pending_removal=tuple(pending),
         shares=shares_out, notes=tuple(notes), errors=tuple(errors), restart_needed=restart,
     )
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Temp file + rename: HAProxy (re)starting never reads half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class Gateway:

@@ -8,9 +8,9 @@ reported healthy. The routing table goes beside it (daemon/plan/routing.py).
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime
-from pathlib import Path
+
+from daemon.files import write_atomic
 
 
 def endpoints_document(serving: list[tuple], healthy: set[str], provider: str, now: datetime) -> dict:
@@ -24,8 +24,4 @@ def endpoints_document(serving: list[tuple], healthy: set[str], provider: str, n
 
 
 def write_endpoints(path: str, serving: list[tuple], healthy: set[str], provider: str, now: datetime) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(endpoints_document(serving, healthy, provider, now), indent=2, sort_keys=True))
-    os.replace(tmp, p)  # readers never see half a file
+    write_atomic(path, json.dumps(endpoints_document(serving, healthy, provider, now), indent=2, sort_keys=True))

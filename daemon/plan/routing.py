@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.domain import BucketGrid, Matrix, Plan
+from daemon.files import write_atomic
 
 
 @dataclass(frozen=True)
@@ -120,18 +119,5 @@ def routing_table_json(plan: Plan, grids: dict[str, BucketGrid] | BucketGrid) ->
 
 def write_routing_table(plan: Plan, grids: dict[str, BucketGrid] | BucketGrid, path: str | Path) -> Path:
     """Write the routing table atomically (temp file + rename) so a gateway never reads half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     data = json.dumps(routing_table_json(plan, grids), indent=2, sort_keys=True)
-    fd, tmp = tempfile.mkstemp(prefix=".routes-", dir=str(target.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(data + "\n")
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return target
+    return write_atomic(path, data + "\n")
