@@ -92,7 +92,8 @@ def simulate(
                    "service order or as SERVICE=FILE"),
     demo: bool = typer.Option(False, "--demo", help="the built-in seeded workload (default without --trace)"),
     config: Optional[Path] = typer.Option(None, help="config file (default: built-in, = config.example.toml)"),
-    db: Optional[str] = typer.Option(None, help=f"database URL (default: a fresh {DEFAULT_SIM_DB})"),
+    db: Optional[str] = typer.Option(None, help=f"database URL (default: a fresh {DEFAULT_SIM_DB}); with --compare, "
+                                     "a SQLite file that keeps the `ours` replay"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     warmup_s: Optional[float] = typer.Option(None, help="seconds of warm start before the workload"),
     spot_traces: Optional[Path] = typer.Option(None, help="replay spot availability traces from this directory "
@@ -156,9 +157,15 @@ def simulate(
         if len(wl.bad_rows) > 20:
             typer.echo(f"warning: ... {len(wl.bad_rows) - 20} more malformed rows skipped", err=True)
     if compare is not None:
+        ours_db = None
         if db is not None:
-            _fail("--compare replays every policy into its own in-memory database; --db does not apply")
-        _simulate_compare(cfg, workloads, compare, as_json, plot, jobs, judge, slo_target, gpus, warmup_s)
+            from sqlalchemy.engine import make_url
+
+            u = make_url(db)
+            if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+                _fail("--compare keeps the `ours` replay's database only in a SQLite file (--db sqlite:///FILE)")
+            ours_db = u.database
+        _simulate_compare(cfg, workloads, compare, as_json, plot, jobs, judge, slo_target, gpus, warmup_s, ours_db)
         return
 
     url = db or DEFAULT_SIM_DB
@@ -209,6 +216,9 @@ def _trace_args(cfg, traces: Optional[list[str]]):
         head, sep, rest = t.partition("=")
         if sep and head in names:
             named[head] = rest
+        elif sep and not Path(t).exists():
+            raise ValueError(f"{t}: no such file, and {head!r} is not a service of the config "
+                             f"({', '.join(sorted(names))})")
         else:
             plain.append(t)
     if named and plain:
@@ -217,7 +227,7 @@ def _trace_args(cfg, traces: Optional[list[str]]):
 
 
 def _simulate_compare(cfg, workloads, policies: str, as_json: bool, plot: Optional[Path], jobs: int, judge: str,
-                      slo_target: float, gpus: Optional[str], warmup_s: Optional[float]) -> None:
+                      slo_target: float, gpus: Optional[str], warmup_s: Optional[float], ours_db: Optional[str]) -> None:
     from daemon.policies.compare import CompareError, CompareOptions, compare, parse_policies
 
     if judge not in ("auto", "full", "sampled"):
@@ -228,7 +238,7 @@ def _simulate_compare(cfg, workloads, policies: str, as_json: bool, plot: Option
         _fail(f"--compare: {e}")
     gpu_list = tuple(g.strip() for g in gpus.split(",") if g.strip()) if gpus else None
     opts = CompareOptions(policies=names, slo_target=slo_target, judge=judge, jobs=jobs, warmup_s=warmup_s,
-                          gpus=gpu_list)
+                          gpus=gpu_list, ours_db=ours_db)
 
     def say(msg: str) -> None:
         print(f"compare: {msg}", file=sys.stderr, flush=True)

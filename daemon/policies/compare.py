@@ -32,6 +32,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -60,6 +61,7 @@ class CompareOptions:
     gpus: tuple[str, ...] | None = None  # single-type candidates; None: every type a service allows
     prior: Mapping[str, Sequence[DemandWindow]] | None = None  # history before the replay (simulate's prior)
     keep_timelines: bool = True  # instance intervals for the plots
+    ours_db: str | None = None  # a SQLite file to keep the `ours` replay's database in (fleetctl status/audit)
 
 
 def parse_policies(text: str) -> tuple[str, ...]:
@@ -226,6 +228,13 @@ def _run(label: str, policy: str, gpu: dict[str, str] | None) -> RunResult:
                    capacity=ctx["capacity"], prior=ctx["options"].prior, keep_store=True)
     store = res.store
     try:
+        if policy == "ours" and ctx["options"].ours_db:
+            target = Path(ctx["options"].ours_db)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for f in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):
+                f.unlink(missing_ok=True)
+            with store.engine.connect() as c:
+                c.exec_driver_sql("VACUUM INTO ?", (str(target),))
         inputs = inputs_from_store(cfg, store.engine, ctx["requests"])
         judged = _judge(inputs, ctx["judge_mode"], ctx["judge_stride"], list(ctx["traces"]))
         intervals, service_cost = _intervals(store, ctx["origin"], ctx["end"])

@@ -18,14 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from daemon.demand.windows import bucket_indices
 from daemon.domain import BucketGrid, CapacityTable, Matrix
 from daemon.policies.base import qps_at_mix, unservable_share
-
-
-def bucket_index(edges: tuple[int, ...], values: np.ndarray) -> np.ndarray:
-    """BucketGrid.locate, vectorised: the last edge at or below the value; past the last edge, the last bucket."""
-    k = np.searchsorted(np.asarray(edges[:-1]), values, side="right") - 1
-    return np.clip(k, 0, len(edges) - 2)
 
 
 def window_counts(t: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray, grid: BucketGrid,
@@ -34,8 +29,7 @@ def window_counts(t: np.ndarray, input_tokens: np.ndarray, output_tokens: np.nda
     w = np.floor(np.asarray(t) / window_s).astype(np.int64)
     n = int(n_windows if n_windows is not None else (w.max() + 1 if w.size else 0))
     keep = (w >= 0) & (w < n)
-    i = bucket_index(grid.input_edges, np.asarray(input_tokens)[keep])
-    j = bucket_index(grid.output_edges, np.asarray(output_tokens)[keep])
+    i, j = bucket_indices(grid, np.asarray(input_tokens)[keep], np.asarray(output_tokens)[keep])
     flat = (w[keep] * grid.n_input + i) * grid.n_output + j
     return np.bincount(flat, minlength=n * grid.n_input * grid.n_output).reshape(n, grid.n_input, grid.n_output)
 
