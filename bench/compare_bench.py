@@ -169,6 +169,8 @@ def main(argv=None) -> int:
                     help="judge every request up to this many, else every Nth hour (the sampled judge)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "compare"), help="output directory")
     ap.add_argument("--rerun", action="store_true", help="rerun comparisons whose JSON is already in --out")
+    ap.add_argument("--report-only", action="store_true",
+                    help="only write the tables from the comparisons already in --out (run nothing)")
     args = ap.parse_args(argv)
     _quiet()
     from daemon.config import default_config
@@ -190,6 +192,8 @@ def main(argv=None) -> int:
                 docs[(w, c)] = json.loads(path.read_text())
                 print(f"{w} / {c}: reused {path}", flush=True)
                 continue
+            if args.report_only:
+                continue
             if traces is None:
                 traces, prior, desc = load_workload(w, base, args.servegen_rps)
                 print(f"{w}: {desc}", flush=True)
@@ -205,10 +209,14 @@ def main(argv=None) -> int:
             o = doc["policies"].get("ours", {})
             print(f"{w} / {c}: {time.perf_counter() - t:.0f} s; ours ${o.get('cost_usd')} "
                   f"ratios {o.get('cost_ratio')}", flush=True)
+    runs_of = {}
+    for w, c in docs:
+        runs_of.setdefault(w, []).append(c)
     md = ["# Policies compared on the standard set", "",
           f"Command: `python bench/compare_bench.py --jobs {args.jobs} --servegen-rps {args.servegen_rps:g} "
           f"--judge-budget {args.judge_budget}" + (f" --only {args.only}" if args.only else "")
           + (f" --clouds {args.clouds}" if args.clouds else "") + "`", "",
+          "Clouds per workload: " + "; ".join(f"{w}: {', '.join(sorted(cs))}" for w, cs in runs_of.items()), "",
           "## Per workload, over the simulated clouds", "", summary_tables(docs), "",
           "## Issue 11's targets for `ours`, per workload and cloud", "", targets_table(docs), "",
           "## Every comparison", "", markdown_header()]

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from daemon.config import default_config, parse_config
+from daemon.config import parse_config
 from daemon.domain import CapacityTable, DemandWindow, FleetInstance, Market, Offering
 from daemon.lifecycle import Reason
 from daemon.policies.base import (
@@ -18,7 +18,6 @@ from daemon.policies.skyserve import Hysteresis, ReactivePolicy, SpotHedgePolicy
 from daemon.policies.workload import ServiceWorkload, utilization_target
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=timezone.utc)
-GRID_SHAPE = (4, 4)
 
 
 def _off(cloud, region, zone, gpu, market, price):

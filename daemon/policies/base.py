@@ -20,7 +20,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable, Iterable, Protocol
+from typing import Iterable, Protocol
 
 from daemon.config import Config
 from daemon.domain import CapacityTable, DemandForecast, DemandWindow, FleetInstance, Market, Offering, Plan, Route
@@ -199,5 +199,3 @@ def replicas_for(rate: float, qps_per_replica: float, minimum: int) -> int:
         return minimum
     return max(minimum, int(math.ceil(rate / qps_per_replica - 1e-9)))
 
-
-Decide = Callable[[PolicyView], PolicyDecision]

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -190,7 +189,7 @@ def make_policy(name: str, cfg: Config, capacity: CapacityTable, workloads: dict
     if name == "melange":
         return MelangePolicy(cfg, workloads)
     util = utilization_target(cfg.policy.headroom)
-    qps = {s.name: workloads[s.name].qps_target(capacity, _pool(cfg, s.name, gpu[s.name]), util) for s in cfg.services}
+    qps = {s.name: workloads[s.name].qps_target(capacity, _pool(capacity, s.name, gpu[s.name]), util) for s in cfg.services}
     if name == "static":
         return StaticPolicy(cfg, gpu, qps, workloads)
     if name == "reactive":
@@ -200,8 +199,11 @@ def make_policy(name: str, cfg: Config, capacity: CapacityTable, workloads: dict
     raise CompareError(f"no policy named {name!r}")
 
 
-def _pool(cfg: Config, service: str, gpu: str) -> str:
-    return f"{gpu}x1"  # every bundled offering is one GPU; a capacity entry names its pool the same way
+def _pool(capacity: CapacityTable, service: str, gpu: str) -> str:
+    """The service's pool of that GPU type in the capacity table (the fewest GPUs per replica)."""
+    pools = sorted((p for p in capacity.pools(service) if p.rsplit("x", 1)[0] == gpu),
+                   key=lambda p: int(p.rsplit("x", 1)[1]) if p.rsplit("x", 1)[1].isdigit() else 0)
+    return pools[0] if pools else f"{gpu}x1"
 
 
 def run_config(cfg: Config, policy: str) -> Config:
@@ -213,9 +215,14 @@ def run_config(cfg: Config, policy: str) -> Config:
     return cfg.model_copy(update={"services": services})
 
 
-def _run(label: str, policy: str, gpu: dict[str, str] | None) -> RunResult:
-    """One replay and its verdict (in a worker process, or inline)."""
+def _run(label: str, policy: str, gpu: dict[str, str] | None):
+    """One replay and its verdict (in a worker process, or inline); the oracle is a job like the replays."""
     from daemon.judge.store_adapter import inputs_from_store
+
+    if policy == "oracle":
+        c = _CTX
+        return _oracle(c["cfg"], c["workloads"], c["origin"], c["warmup_s"], c["capacity"], c["n_windows"],
+                       c["requests"], c["judge_mode"], c["judge_stride"])
     from daemon.policies.hook import PolicyHook
     from daemon.simulate import simulate
 
@@ -271,7 +278,7 @@ def _candidates(cfg: Config, capacity: CapacityTable, workloads, options: Compar
         for g in s.gpus:
             if allowed_all is not None and g not in allowed_all:
                 continue
-            share = workloads[s.name].unservable(capacity, _pool(cfg, s.name, g))
+            share = workloads[s.name].unservable(capacity, _pool(capacity, s.name, g))
             if share > 1.0 - options.slo_target:
                 skipped[g] = share
             else:
@@ -315,14 +322,14 @@ def compare(cfg: Config, traces: dict[str, "object"], options: CompareOptions | 
     mode, stride = judge_mode(len(requests), options)
     _CTX.clear()
     _CTX.update(cfg=cfg, traces=traces, capacity=capacity, workloads=workloads, warmup_s=warmup, options=options,
-                requests=requests, judge_mode=mode, judge_stride=stride, origin=origin, end=end)
+                requests=requests, judge_mode=mode, judge_stride=stride, origin=origin, end=end, n_windows=n_windows)
 
     cands = _candidates(cfg, capacity, workloads, options) if set(options.policies) & set(SINGLE_TYPE) else {}
     jobs: list[tuple[str, str, dict | None]] = []
     for pol in options.policies:
         if pol == "oracle":
-            continue
-        if pol in SINGLE_TYPE:
+            jobs.append(("oracle", "oracle", None))
+        elif pol in SINGLE_TYPE:
             types = sorted({g for c in cands.values() for g in c["tried"]})
             for g in types:
                 gmap = {n: g if g in cands[n]["tried"] else sorted(cands[n]["tried"])[0] for n in names}
@@ -330,10 +337,13 @@ def compare(cfg: Config, traces: dict[str, "object"], options: CompareOptions | 
         else:
             jobs.append((pol, pol, None))
     # Longest first, so the pool finishes together: the planner's runs are the slow ones.
-    jobs.sort(key=lambda j: (j[1] not in ("ours", "ours_no_forecast"), j[1] != "melange"))
-    say(f"{len(jobs)} replays of {n_windows} windows ({n_windows * ws / 3600:.1f} h), judge: {mode}"
+    jobs.sort(key=lambda j: (j[1] not in ("ours", "ours_no_forecast"), j[1] != "oracle", j[1] != "melange"))
+    say(f"{len(jobs) - ('oracle' in options.policies)} replays of {n_windows} windows ({n_windows * ws / 3600:.1f} h)"
+        + (" and the oracle" if "oracle" in options.policies else "") + f", judge: {mode}"
         + (f" every {stride}th hour" if mode == "sampled" else "") + f", {options.jobs} process(es)")
-    runs = _execute(jobs, options.jobs, say)
+    done = _execute(jobs, options.jobs, say)
+    oracle = next((r for r in done if not isinstance(r, RunResult)), None)
+    runs = [r for r in done if isinstance(r, RunResult)]
 
     # Single-type baselines: the best type per service; a combination not yet run is run once more.
     chosen: dict[str, RunResult] = {}
@@ -375,11 +385,6 @@ def compare(cfg: Config, traces: dict[str, "object"], options: CompareOptions | 
         if r.policy not in SINGLE_TYPE:
             chosen[r.policy] = r
 
-    oracle = None
-    if "oracle" in options.policies:
-        say("oracle: the per-window integer optimum")
-        oracle = _oracle(cfg, workloads, origin, warmup, capacity, n_windows, requests, mode, stride)
-
     doc = _document(cfg, traces, options, chosen, selection, oracle, runs, mode, stride, warmup, n_windows,
                     time.perf_counter() - t_start)
     demand = {n: (origin.timestamp() + np.arange(n_windows) * ws, workloads[n].rates) for n in names}
@@ -405,7 +410,11 @@ def _execute(jobs, n_jobs: int, say) -> list[RunResult]:
     return out
 
 
-def _done(r: RunResult) -> str:
+def _done(r) -> str:
+    if not isinstance(r, RunResult):
+        return (f"  {'oracle':26} ${r.cost_usd:9.2f}  attainment {r.judged['slo_attainment']:.4f}  "
+                f"{r.windows} windows, {r.solves} solves in {r.solve_seconds:.1f} s, judge "
+                f"{r.judged['requests_per_s']} req/s")
     j = r.judged
     return (f"  {r.label:26} ${r.summary['total_cost_usd']:9.2f}  attainment {j['slo_attainment']:.4f}  "
             f"{r.summary['ticks']} ticks at {r.summary['ticks_per_s']}/s, judge {j['requests_per_s']} req/s, "
@@ -417,9 +426,11 @@ def _oracle(cfg, workloads, origin, warmup, capacity, n_windows, requests, mode,
     from daemon.judge.store_adapter import services_from_config
     from daemon.policies.oracle import compute_oracle
 
+    t = time.perf_counter()
     res = compute_oracle(cfg, workloads, origin, origin - timedelta(seconds=warmup), capacity, n_windows)
     inputs = JudgeInputs(requests, res.fleet, res.routing, cfg.buckets.grid(), services_from_config(cfg))
     res.judged = _judge(inputs, mode, stride, [s.name for s in cfg.services])
+    res.wall_s = time.perf_counter() - t
     return res
 
 
@@ -502,9 +513,3 @@ def _notes(cfg: Config, options: CompareOptions) -> list[str]:
         "carries every window's demand per the capacity table; daemon/policies/oracle.py)",
     ]
 
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
