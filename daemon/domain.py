@@ -211,6 +211,7 @@ class FleetInstance:
     drain_until: datetime | None = None
     state_since: datetime | None = None  # when it entered `state`
     last_reason: str | None = None  # why it did
+    endpoint: str | None = None  # base URL of its server once it runs
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,31 @@ import sys
 import structlog
 
 
-def configure_logging(level: str = "info", json: bool | None = None, stream=None) -> None:
+def masking(secrets: list[str] | tuple[str, ...] = ()):
+    """A structlog processor: every URL's password and every known secret value masked, in every
+    field of every log line (messages, errors, tracebacks), before it is rendered."""
+    from daemon.redact import redact
+
+    known = tuple(secrets)
+
+    def mask(value):
+        if isinstance(value, str):
+            return redact(value, known) if ("://" in value or known) else value
+        if isinstance(value, (list, tuple)):
+            return [mask(v) for v in value]
+        if isinstance(value, dict):
+            return {k: mask(v) for k, v in value.items()}
+        return value
+
+    def processor(_logger, _name, event_dict):
+        return {k: mask(v) for k, v in event_dict.items()}
+
+    return processor
+
+
+def configure_logging(level: str = "info", json: bool | None = None, stream=None,
+                      secrets: list[str] | tuple[str, ...] = ()) -> None:
+    """`secrets`: values never to print (the store's password); URLs are masked in any case."""
     fixed = stream
     probe = stream or sys.stderr
     if json is None:
@@ -21,7 +45,10 @@ def configure_logging(level: str = "info", json: bool | None = None, stream=None
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info if json else structlog.processors.StackInfoRenderer(),
+            structlog.processors.StackInfoRenderer(),
+            # Tracebacks become text here, so the masking below sees them too.
+            structlog.processors.format_exc_info,
+            masking(secrets),
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper(), logging.INFO)),

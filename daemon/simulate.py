@@ -180,12 +180,13 @@ def simulate(cfg: Config, trace: RequestTrace | Mapping[str, RequestTrace], db_u
     # A replay always runs against the simulated cloud, whatever provider.kind says.
     provider = build_provider(cfg.model_copy(update={"provider": cfg.provider.model_copy(update={"kind": "simulated"})}),
                               clock)
-    # Each service is fed from its own trace, all starting at the same origin.
+    # Each service is fed from its own trace, all starting at the same origin; a replay drives no real gateway.
     replays = {name: TraceReplay(name, tr, grid, window_s, origin) for name, tr in traces.items()}
     if capacity is not None:
         loop = System(cfg, store, provider, dict(replays), clock, capacity).loop()
     else:
-        loop = build_system(cfg, clock=clock, store=store, provider=provider, sources=dict(replays)).loop()
+        loop = build_system(cfg, clock=clock, store=store, provider=provider, sources=dict(replays),
+                            gateway=False).loop()
     loop.policy = policy
     count = max(1, int(math.ceil(cfg.policy.scale_down_delay_s / window_s / 2)))
     with store.session() as s:
@@ -203,6 +204,7 @@ def simulate(cfg: Config, trace: RequestTrace | Mapping[str, RequestTrace], db_u
     failed_ticks = 0
     ticks = 0
     sim0 = time.perf_counter()
+    first_error: str | None = None
     while clock.now <= end:
         # The forecast refit runs at its scheduled virtual times, between ticks, as fleetd's job does.
         loop.refit(clock.now)
@@ -210,6 +212,7 @@ def simulate(cfg: Config, trace: RequestTrace | Mapping[str, RequestTrace], db_u
         ticks += 1
         if result.outcome == "failed":
             failed_ticks += 1
+            first_error = first_error or result.error
         for w in result.windows:
             if w.start < origin:
                 continue
@@ -261,6 +264,7 @@ def simulate(cfg: Config, trace: RequestTrace | Mapping[str, RequestTrace], db_u
             "policy": getattr(policy, "name", None) or "ours",
             "ticks": ticks,
             "ticks_per_s": round(ticks / sim_s, 1) if sim_s > 0 else None,
+            "first_tick_error": first_error,
             "capacity_sources": {f"{svc}/{pool}": src for (svc, pool), src in sorted(loop.capacity.provenance.items())},
             "wall_seconds": round(time.perf_counter() - wall0, 2),
             "db": db_url,

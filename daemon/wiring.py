@@ -9,6 +9,7 @@ that is how a live feed once broke inside every tick while every unit test passe
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -34,23 +35,29 @@ class System:
     sources: dict[str, DemandSource]
     clock: Clock
     capacity: CapacityTable
+    gateway: object | None = None  # daemon.gateway.Gateway when [gateway] enabled
 
     def loop(self):
         from daemon.loop.tick import Loop
 
         return Loop(cfg=self.cfg, store=self.store, provider=self.provider, sources=self.sources, clock=self.clock,
-                    capacity=self.capacity)
+                    capacity=self.capacity, gateway=self.gateway)
 
 
-def open_store(cfg: Config, url: str | None = None, *, durable: bool = True) -> Store:
-    """`durable=False` (replays, whose database can be made again) skips fsync on commit."""
-    return Store.open(url or cfg.store.url, durable=durable)
+def open_store(cfg: Config, url: str | None = None, *, durable: bool = True, daemon: bool = False) -> Store:
+    """`durable=False` (replays, whose database can be made again) skips fsync on commit;
+    `daemon=True` (fleetd) bounds sessions and connects by the leader lease's TTL."""
+    return Store.open(url or cfg.store.url, durable=durable, lease_ttl_s=cfg.leader.ttl_s if daemon else None)
 
 
 def build_provider(cfg: Config, clock: Clock) -> Provider:
     if cfg.provider.kind == "simulated":
         from providers.simulated import SimulatedProvider
 
+        if os.environ.get("FLEET_SIM_FAULTS"):  # tests only: a misbehaving cloud (providers/faults.py)
+            from providers.faults import journal_from_environ, wrap_from_environ
+
+            return wrap_from_environ(SimulatedProvider(cfg.provider.simulated, clock, journal_from_environ()))
         return SimulatedProvider(cfg.provider.simulated, clock)
     from providers.skypilot import SkyPilotProvider  # the real clouds; imported only when configured
 
@@ -94,7 +101,8 @@ def load_workload(cfg: Config, svc: ServiceConfig, path: str | None = None):
     d = svc.demand
     if path is not None or d.kind == "trace":
         fmt = d.format if d.kind in ("trace", "request-log") else "auto"
-        return read_trace(path or d.path, fmt=fmt, on_bad_row=d.on_bad_row, columns=d.columns or None)
+        return read_trace(path or d.path, fmt=fmt, on_bad_row=d.on_bad_row, columns=d.columns or None,
+                          service=svc.name)
     return demo_trace(days=d.demo_days, mean_rps=d.demo_mean_rps, seed=d.demo_seed)
 
 
@@ -112,6 +120,20 @@ def resume_sources(store: Store, sources: dict[str, DemandSource]) -> None:
             src.resume(cursor)
 
 
+def build_gateway(cfg: Config):
+    """The HAProxy gateway the loop keeps in step with each applied tick ([gateway] enabled), or None.
+
+    Its state directory gets what HAProxy needs to start (maps, backends.cfg, the Lua filter)
+    where missing, so a HAProxy started from `fleetctl gateway config` comes up routing."""
+    if not cfg.gateway.enabled:
+        return None
+    from daemon.gateway import Gateway
+
+    gw = Gateway(cfg)
+    gw.init_state_dir()
+    return gw
+
+
 def build_capacity(cfg: Config) -> CapacityTable:
     from daemon.capacity import capacity_table
 
@@ -120,7 +142,7 @@ def build_capacity(cfg: Config) -> CapacityTable:
 
 def build_system(cfg: Config, *, clock: Clock = wall_clock, store: Store | None = None,
                  provider: Provider | None = None, sources: dict[str, DemandSource] | None = None,
-                 resume: bool = True) -> System:
+                 resume: bool = True, gateway: bool = True) -> System:
     """A running system: the store must already hold the current schema (fleetd migrates first).
 
     Parts given are used as they are (the replay brings its own sources and a
@@ -132,4 +154,4 @@ def build_system(cfg: Config, *, clock: Clock = wall_clock, store: Store | None 
         sources = build_sources(cfg, clock())
         if resume:
             resume_sources(store, sources)
-    return System(cfg, store, provider, sources, clock, build_capacity(cfg))
+    return System(cfg, store, provider, sources, clock, build_capacity(cfg), build_gateway(cfg) if gateway else None)

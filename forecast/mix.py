@@ -50,17 +50,79 @@ class MixEstimate:
     memory: str  # "long" or "short" (after a shift)
 
 
-def _weighted_counts(history: Sequence[DemandWindow], now_s: float, half_life_s: float) -> tuple[np.ndarray, float]:
+@dataclass(frozen=True)
+class MixSnapshot:
+    """The forgetting-weighted request counts at `at` (epoch s): what `estimate_mix` carries forward.
+
+    Exponential forgetting is recursive (counts(t) = counts(at) * 2^(-(t - at)/h) +
+    the windows since), so a tick adds only the windows that ended after `at`
+    instead of re-weighting days of them. Built by `mix_snapshot` at a fit.
+    """
+
+    at: float
+    long: np.ndarray  # weighted counts, long memory (half_life_s)
+    short: np.ndarray  # weighted counts, short memory (short_half_life_s)
+    half_life_s: float
+    short_half_life_s: float
+
+
+def _counts_array(history: Sequence[DemandWindow]) -> np.ndarray:
+    try:
+        counts = np.array([w.counts for w in history], dtype=float)
+    except ValueError:
+        counts = None
+    if counts is None or counts.ndim != 3:
+        shapes = sorted({(len(w.counts), len(w.counts[0]) if w.counts else 0) for w in history})
+        raise ValueError(f"demand windows disagree on the bucket grid: {shapes}")
+    return counts
+
+
+def _weighted_counts(history: Sequence[DemandWindow], now_s: float, half_life_s: float,
+                     counts: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     if not history:
         return np.zeros((0, 0)), 0.0
-    shapes = {(len(w.counts), len(w.counts[0]) if w.counts else 0) for w in history}
-    if len(shapes) != 1:
-        raise ValueError(f"demand windows disagree on the bucket grid: {sorted(shapes)}")
-    counts = np.array([w.counts for w in history], dtype=float)
+    counts = _counts_array(history) if counts is None else counts
     ends = np.array([w.start_s + w.seconds for w in history])
     weights = 0.5 ** (np.maximum(0.0, now_s - ends) / half_life_s)
     total = np.einsum("w,wij->ij", weights, counts)
     return total, float(total.sum())
+
+
+def mix_snapshot(history: Sequence[DemandWindow], now: datetime | float, config: MixConfig | None = None) -> MixSnapshot:
+    """The weighted counts of every window finished by `now` (run at a fit, not every tick)."""
+    cfg = config or MixConfig()
+    now_s = to_epoch(now)
+    past = [w for w in history if w.start_s + w.seconds <= now_s + 1e-6]
+    if not past:
+        return MixSnapshot(now_s, np.zeros((0, 0)), np.zeros((0, 0)), cfg.half_life_s, cfg.short_half_life_s)
+    counts = _counts_array(past)
+    long_c, _ = _weighted_counts(past, now_s, cfg.half_life_s, counts)
+    short_c, _ = _weighted_counts(past, now_s, cfg.short_half_life_s, counts)
+    return MixSnapshot(now_s, long_c, short_c, cfg.half_life_s, cfg.short_half_life_s)
+
+
+def carry_snapshot(snap: MixSnapshot, since: Sequence[DemandWindow], now: datetime | float) -> MixSnapshot:
+    """`snap` brought forward to `now` with the windows that ended after it (a refit's cheap snapshot)."""
+    now_s = to_epoch(now)
+    long_c, short_c = _carry(snap, since, now_s)
+    return MixSnapshot(now_s, long_c, short_c, snap.half_life_s, snap.short_half_life_s)
+
+
+def _carry(snap: MixSnapshot, since: Sequence[DemandWindow], now_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """(long, short) weighted counts at now_s: the snapshot decayed plus the windows after it."""
+    dt = max(0.0, now_s - snap.at)
+    long_c = snap.long * 0.5 ** (dt / snap.half_life_s)
+    short_c = snap.short * 0.5 ** (dt / snap.short_half_life_s)
+    if since:
+        counts = _counts_array(since)
+        if long_c.size == 0:
+            long_c = np.zeros(counts.shape[1:])
+            short_c = np.zeros(counts.shape[1:])
+        elif counts.shape[1:] != long_c.shape:
+            raise ValueError(f"demand windows disagree on the bucket grid: {[long_c.shape, counts.shape[1:]]}")
+        long_c = long_c + _weighted_counts(since, now_s, snap.half_life_s, counts)[0]
+        short_c = short_c + _weighted_counts(since, now_s, snap.short_half_life_s, counts)[0]
+    return long_c, short_c
 
 
 def _joint(counts: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -75,17 +137,33 @@ def _joint(counts: np.ndarray, prior: float) -> tuple[np.ndarray, np.ndarray, np
     return p_in[:, None] * cond, p_in, cond
 
 
-def estimate_mix(history: Sequence[DemandWindow], now: datetime | float, config: MixConfig | None = None) -> MixEstimate:
-    """The size mix to plan for at `now` from observed windows (gaps are simply absent)."""
+def estimate_mix(history: Sequence[DemandWindow], now: datetime | float, config: MixConfig | None = None,
+                 snapshot: MixSnapshot | None = None) -> MixEstimate:
+    """The size mix to plan for at `now` from observed windows (gaps are simply absent).
+
+    With `snapshot` (made at an earlier fit), only the windows that ended after
+    `snapshot.at` are read from `history`; the result is the same as from all
+    the windows (forgetting is recursive), at a fraction of the cost.
+    """
     cfg = config or MixConfig()
     now_s = to_epoch(now)
-    past = [w for w in history if w.start_s + w.seconds <= now_s + 1e-6]  # finished windows only
-    long_c, n_long = _weighted_counts(past, now_s, cfg.half_life_s)
+    if snapshot is not None and snapshot.at <= now_s + 1e-6 and (
+            snapshot.half_life_s, snapshot.short_half_life_s) == (cfg.half_life_s, cfg.short_half_life_s):
+        since = [w for w in history if snapshot.at + 1e-6 < w.start_s + w.seconds <= now_s + 1e-6]
+        long_c, short_c = _carry(snapshot, since, now_s)
+    else:
+        past = [w for w in history if w.start_s + w.seconds <= now_s + 1e-6]  # finished windows only
+        if past:
+            counts = _counts_array(past)
+            long_c = _weighted_counts(past, now_s, cfg.half_life_s, counts)[0]
+            short_c = _weighted_counts(past, now_s, cfg.short_half_life_s, counts)[0]
+        else:
+            long_c = short_c = np.zeros((0, 0))
+    n_long, n_short = float(long_c.sum()), float(short_c.sum())
     if n_long <= 0:
         shape = long_c.shape
         zero = tuple(tuple(0.0 for _ in range(shape[1])) for _ in range(shape[0]))
         return MixEstimate(zero, tuple(0.0 for _ in range(shape[0])), zero, False, 0.0, 0.0, "long")
-    short_c, n_short = _weighted_counts(past, now_s, cfg.short_half_life_s)
     j_long, p_long, c_long = _joint(long_c, cfg.prior_requests)
     j_short, p_short, c_short = _joint(short_c, cfg.prior_requests)
     tv = 0.5 * float(np.abs(j_long - j_short).sum()) if n_short > 0 else 0.0

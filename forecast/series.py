@@ -144,17 +144,18 @@ def series_from_windows(history: Iterable, step_s: float | None = None) -> RateS
     wins = list(history)
     if not wins:
         raise ValueError("no demand windows")
-    secs = [float(w.seconds) for w in wins]
-    native = max(set(secs), key=secs.count)
+    secs = np.array([float(w.seconds) for w in wins])
+    vals, counts = np.unique(secs, return_counts=True)
+    native = float(vals[np.argmax(counts)])
     starts = np.array([w.start_s for w in wins])
+    requests = np.array([w.requests for w in wins])
     t0 = float(starts.min())
-    n = int(round((starts.max() - t0) / native)) + 1
+    k = np.rint((starts - t0) / native).astype(np.int64)
+    n = int(k.max()) + 1
     req = np.zeros(n)
+    np.add.at(req, k, requests)
     seen = np.zeros(n, dtype=bool)
-    for s, w in zip(starts, wins):
-        k = int(round((s - t0) / native))
-        req[k] += w.requests
-        seen[k] = True
+    seen[k] = True
     rates = np.where(seen, req / native, np.nan)
     series = RateSeries(t0, native, rates)
     if step_s is not None and step_s != native:

@@ -10,15 +10,27 @@ do not depend on what happened elsewhere or in which order the loop called us.
 Knobs (SimulatedProviderConfig): launch latency, capacity stockouts, launch
 failures, zone-wide spot losses from a per-zone hazard, or replayed from real
 availability traces (providers/spot_traces.py).
+
+With a state file the simulated cloud is one cloud for every process that opens
+it, as a real one is: each call takes an exclusive lock on `<state>.lock`, reads
+the file if another process changed it, acts, and writes it back. Several
+`fleetd` (a leader and its standbys) and their restarts therefore see the same
+machines. An optional journal (`journal_file`, set by the test hook in
+providers/faults.py) appends one line per machine event: the cloud's own
+record of what was created and ended, which the crash campaign checks the
+store against.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import math
+import os
 import random
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from importlib import resources
@@ -55,31 +67,58 @@ def load_offerings(path: str | Path | None = None) -> list[Offering]:
         src = "providers/data/offerings.csv"
     else:
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_bytes().decode("utf-8")
         except OSError as e:
             raise OfferingsFileError(f"{path}: cannot read offerings: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise OfferingsFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}): not an offerings CSV") \
+                from None
         src = str(path)
     out: list[Offering] = []
     reader = csv.DictReader(text.splitlines())
     need = {"cloud", "region", "zone", "instance_type", "gpu", "gpu_count", "on_demand", "spot"}
-    missing = need - set(reader.fieldnames or [])
+    try:
+        missing = need - set(reader.fieldnames or [])
+    except csv.Error as e:
+        raise OfferingsFileError(f"{src}:1: not CSV: {e}") from None
     if missing:
         raise OfferingsFileError(f"{src}: missing columns {sorted(missing)}")
-    for line, row in enumerate(reader, start=2):
-        try:
-            base = dict(
-                cloud=row["cloud"], region=row["region"], zone=row["zone"] or None,
-                instance_type=row["instance_type"], gpu=row["gpu"], gpu_count=int(row["gpu_count"]),
-            )
-            od = float(row["on_demand"])
-            spot = float(row["spot"]) if row["spot"].strip() else None
-        except (ValueError, TypeError) as e:
-            raise OfferingsFileError(f"{src}:{line}: bad value: {e}") from None
-        if od <= 0 or (spot is not None and spot <= 0):
-            raise OfferingsFileError(f"{src}:{line}: prices must be positive")
-        out.append(Offering(**base, market=Market.ON_DEMAND, price_per_hour=od))
-        if spot is not None:
-            out.append(Offering(**base, market=Market.SPOT, price_per_hour=spot))
+    line = 1
+    try:
+        for line, row in enumerate(reader, start=2):
+            out += _offering_row(src, line, row)
+    except csv.Error as e:
+        raise OfferingsFileError(f"{src}:{line + 1}: not CSV: {e}") from None
+    if not out:
+        raise OfferingsFileError(f"{src}: no offerings in it")
+    return out
+
+
+def _offering_row(src: str, line: int, row: dict) -> list[Offering]:
+    if None in row or any(row.get(k) is None for k in ("cloud", "region", "zone", "instance_type", "gpu",
+                                                       "gpu_count", "on_demand", "spot")):
+        raise OfferingsFileError(f"{src}:{line}: expected one value per column of the header")
+    try:
+        base = dict(
+            cloud=row["cloud"].strip(), region=row["region"].strip(), zone=row["zone"].strip() or None,
+            instance_type=row["instance_type"].strip(), gpu=row["gpu"].strip(), gpu_count=int(row["gpu_count"]),
+        )
+        od = float(row["on_demand"])
+        spot = float(row["spot"]) if row["spot"].strip() else None
+    except (ValueError, TypeError) as e:
+        raise OfferingsFileError(f"{src}:{line}: bad value: {e}") from None
+    for name in ("cloud", "region", "instance_type", "gpu"):
+        if not base[name]:
+            raise OfferingsFileError(f"{src}:{line}: {name} is empty")
+    if not 1 <= base["gpu_count"] <= 64:
+        raise OfferingsFileError(f"{src}:{line}: gpu_count must be 1..64, got {base['gpu_count']}")
+    # Finite and within what any GPU machine costs ($/h): inf or nan would make every plan fail.
+    for what, price in (("on_demand", od), ("spot", spot)):
+        if price is not None and not (math.isfinite(price) and 0 < price <= 10_000):
+            raise OfferingsFileError(f"{src}:{line}: {what} price must be > 0 and <= 10000 $/h, got {price}")
+    out = [Offering(**base, market=Market.ON_DEMAND, price_per_hour=od)]
+    if spot is not None:
+        out.append(Offering(**base, market=Market.SPOT, price_per_hour=spot))
     return out
 
 
@@ -98,7 +137,8 @@ class _SimInstance:
 class SimulatedProvider:
     name = "simulated"
 
-    def __init__(self, cfg: SimulatedProviderConfig, clock: Callable[[], datetime]):
+    def __init__(self, cfg: SimulatedProviderConfig, clock: Callable[[], datetime],
+                 journal_file: str | Path | None = None):
         self.cfg = cfg
         self._clock = clock
         self._rng = random.Random(cfg.seed)
@@ -118,8 +158,12 @@ class SimulatedProvider:
         self._outage_rng: dict[str, random.Random] = {}
         self.preemption_log: list[tuple[datetime, str, str]] = []  # (time, location, instance)
         self._state_path = Path(cfg.state_file) if cfg.state_file else None
-        if self._state_path is not None and self._state_path.exists():
-            self._load_state()
+        self._processes = self._replica_processes(cfg)  # None unless replica_processes
+        self._state_seen: tuple | None = None  # (inode, mtime_ns, size) of the state file as last read or written
+        self._journal = Path(journal_file) if journal_file else None
+        if self._state_path is not None:
+            with self._shared():
+                pass
 
     # -- the protocol -------------------------------------------------------------
 
@@ -137,6 +181,10 @@ class SimulatedProvider:
         return frozenset()
 
     def launch(self, request: LaunchRequest) -> None:
+        with self._shared():
+            self._launch(request)
+
+    def _launch(self, request: LaunchRequest) -> None:
         now = self._advance()
         existing = self._instances.get(request.name)
         if existing is not None and existing.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
@@ -155,24 +203,35 @@ class SimulatedProvider:
             name=request.name, offering=off, status=InstanceStatus.PENDING, since=now,
             ready_at=now + timedelta(seconds=latency), will_fail=will_fail,
         )
+        if self._processes is not None:
+            self._processes.start(request.name, request.model)
+        self._note(now, "created", self._instances[request.name])
         self._save_state()
 
     def terminate(self, name: str) -> None:
-        now = self._advance()
-        inst = self._instances.get(name)
-        if inst is None or inst.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
-            return
-        inst.status = InstanceStatus.TERMINATED
-        inst.since = now
-        self._save_state()
+        with self._shared():
+            now = self._advance()
+            inst = self._instances.get(name)
+            if inst is None or inst.status not in (InstanceStatus.PENDING, InstanceStatus.RUNNING):
+                return
+            inst.status = InstanceStatus.TERMINATED
+            inst.since = now
+            if self._processes is not None:
+                self._processes.stop(name)
+            self._note(now, "terminated", inst)
+            self._save_state()
 
     def list(self) -> list[ProviderInstance]:
+        with self._shared():
+            return self._list()
+
+    def _list(self) -> list[ProviderInstance]:
         now = self._advance()
         out = []
         for inst in self._instances.values():
             out.append(ProviderInstance(
                 name=inst.name, status=inst.status, offering_key=inst.offering.key,
-                endpoint=f"http://{inst.name}.sim:8000" if inst.status is InstanceStatus.RUNNING else None,
+                endpoint=self._endpoint(inst) if inst.status is InstanceStatus.RUNNING else None,
                 failure=inst.failure, detail=inst.detail, since=inst.since,
             ))
         return out
@@ -212,14 +271,18 @@ class SimulatedProvider:
             lost_at = self._first_loss(inst.offering.location, max(last, inst.since), min(now, inst.ready_at)) if spot else None
             if lost_at is not None:
                 self._preempt(inst, lost_at)
-            elif inst.ready_at <= now:
-                inst.since = inst.ready_at
+            elif inst.ready_at <= now and self._booted(inst):
+                # with a replica process: ready when it was seen answering, not before
+                inst.since = inst.ready_at if self._processes is None else now
                 if inst.will_fail:
                     inst.status = InstanceStatus.FAILED
                     inst.failure = FailureKind.OTHER
                     inst.detail = "server did not become healthy"
+                    self._note(inst.since, "failed", inst)
                 else:
                     inst.status = InstanceStatus.RUNNING
+                    self._note(inst.since, "ready", inst)
+        self._check_processes(now)
         for inst in self._instances.values():
             if inst.status is InstanceStatus.RUNNING and inst.offering.market is Market.SPOT:
                 lost_at = self._first_loss(inst.offering.location, max(last, inst.since), now)
@@ -234,6 +297,42 @@ class SimulatedProvider:
         return now
 
     # -- persistence: a simulated cloud outlives the daemon, as a real one does ----------
+
+    @contextmanager
+    def _shared(self):
+        """One call at a time across processes; the state as the last writer left it."""
+        if self._state_path is None:
+            yield
+            return
+        self._state_path.parent.mkdir(parents=True, exist_ok=True)
+        from daemon.private import open_private
+
+        fd = open_private(f"{self._state_path}.lock")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            seen = self._stat()
+            if seen is not None and seen != self._state_seen:
+                self._load_state()
+                self._state_seen = seen
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    def _stat(self) -> tuple | None:
+        try:
+            st = os.stat(self._state_path)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _note(self, at: datetime, event: str, inst: _SimInstance) -> None:
+        """One line in the journal (when there is one): the cloud's record of its machines."""
+        if self._journal is None:
+            return
+        line = json.dumps({"at": at.isoformat(), "event": event, "name": inst.name, "offering": inst.offering.key,
+                           "price_per_hour": inst.offering.price_per_hour, "pid": os.getpid()})
+        with open(self._journal, "a") as f:
+            f.write(line + "\n")
 
     def _save_state(self) -> None:
         if self._state_path is None:
@@ -250,12 +349,23 @@ class SimulatedProvider:
         }
         # Atomic (a crash leaves the old state or the new one) and 0600: it lists the fleet's machines.
         write_private_atomic(self._state_path, json.dumps(doc))
+        self._state_seen = self._stat()
 
     def _load_state(self) -> None:
+        self._instances = {}
+
+        def when(text) -> datetime:
+            t = datetime.fromisoformat(text)
+            if t.tzinfo is None:  # compared with the loop's aware clock on every call
+                raise ValueError(f"time {text!r} has no UTC offset")
+            return t
+
         try:
-            doc = json.loads(self._state_path.read_text())
-            self._epoch = datetime.fromisoformat(doc["epoch"]) if doc.get("epoch") else None
-            self._last = datetime.fromisoformat(doc["last"]) if doc.get("last") else None
+            doc = json.loads(self._state_path.read_bytes().decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            self._epoch = when(doc["epoch"]) if doc.get("epoch") else None
+            self._last = when(doc["last"]) if doc.get("last") else None
             v, internal, gauss = doc["rng"]
             self._rng.setstate((v, tuple(internal), gauss))
             for d in doc["instances"]:
@@ -264,18 +374,62 @@ class SimulatedProvider:
                     continue  # no longer offered (edited table): it is reported vanished
                 self._instances[d["name"]] = _SimInstance(
                     name=d["name"], offering=off, status=InstanceStatus(d["status"]),
-                    since=datetime.fromisoformat(d["since"]), ready_at=datetime.fromisoformat(d["ready_at"]),
+                    since=when(d["since"]), ready_at=when(d["ready_at"]),
                     will_fail=d["will_fail"], failure=FailureKind(d["failure"]) if d["failure"] else None,
                     detail=d["detail"],
                 )
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise OfferingsFileError(f"{self._state_path}: unreadable simulated-cloud state: {e}") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+            raise OfferingsFileError(f"{self._state_path}: unreadable simulated-cloud state: "
+                                     f"{type(e).__name__}: {str(e)[:200]}") from None
 
     def _preempt(self, inst: _SimInstance, at: datetime) -> None:
         inst.status = InstanceStatus.PREEMPTED
         inst.since = at
         inst.detail = f"spot capacity lost in {inst.offering.location}"
+        self._note(at, "preempted", inst)
         self.preemption_log.append((at, inst.offering.location, inst.name))
+        if self._processes is not None:
+            self._processes.kill(inst.name)
+
+    # -- replicas as local processes (replica_processes = true) -----------------------
+
+    @staticmethod
+    def _replica_processes(cfg: SimulatedProviderConfig):
+        if not cfg.replica_processes:
+            return None
+        from providers.replica_processes import ReplicaProcesses
+
+        run_dir = cfg.replica_dir or (cfg.state_file + ".replicas" if cfg.state_file else None)
+        return ReplicaProcesses(run_dir, cfg.replica_args)
+
+    def _endpoint(self, inst: _SimInstance) -> str | None:
+        if self._processes is None:
+            return f"http://{inst.name}.sim:8000"
+        return self._processes.endpoint(inst.name)
+
+    def _booted(self, inst: _SimInstance) -> bool:
+        """Without processes the launch latency is the boot; with them, /health must answer too."""
+        if self._processes is None or inst.will_fail:
+            return True
+        return self._processes.healthy(inst.name)
+
+    def _check_processes(self, now: datetime) -> None:
+        """A replica process that died on its own is a machine that broke."""
+        if self._processes is None:
+            return
+        for inst in self._instances.values():
+            if inst.status is InstanceStatus.FAILED and self._processes.alive(inst.name):
+                self._processes.stop(inst.name)  # never became healthy (will_fail): stop the server
+            if inst.status in (InstanceStatus.PENDING, InstanceStatus.RUNNING) and not self._processes.alive(inst.name):
+                inst.status = InstanceStatus.FAILED
+                inst.failure = FailureKind.OTHER
+                inst.detail = "replica process exited"
+                inst.since = now
+
+    def close(self) -> None:
+        """Stop every replica process (tests, demos); the simulated machines stay in the state."""
+        if self._processes is not None:
+            self._processes.stop_all()
 
     def _trace_for(self, location: str) -> AvailabilityTrace | None:
         zone = location.rsplit("/", 1)[-1]

@@ -14,6 +14,7 @@ the only public multi-week GPU spot availability data we have).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,25 +75,35 @@ class AvailabilityTrace:
         return out
 
 
+MAX_TRACE_FILE_BYTES = 256 << 20  # the public traces are a few MB; a larger file is not one of them
+
+
 def load_trace(path: Path) -> AvailabilityTrace:
+    """One trace file; every malformed input is a SpotTraceError naming the file (and the value)."""
     try:
-        doc = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SpotTraceError(f"{path}: cannot read spot trace: {e}") from None
+        if path.stat().st_size > MAX_TRACE_FILE_BYTES:
+            raise SpotTraceError(f"{path}: larger than {MAX_TRACE_FILE_BYTES >> 20} MiB: not a spot availability trace")
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise SpotTraceError(f"{path}: cannot read spot trace: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested past the stack
+        raise SpotTraceError(f"{path}: cannot read spot trace: not JSON ({str(e)[:200]})") from None
     try:
-        gap = float(doc["metadata"]["gap_seconds"])
+        gap = doc["metadata"]["gap_seconds"]
         data = doc["data"]
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, IndexError):
         raise SpotTraceError(f"{path}: expected {{'metadata': {{'gap_seconds': G}}, 'data': [...]}}") from None
-    if gap <= 0:
-        raise SpotTraceError(f"{path}: metadata.gap_seconds must be positive, got {gap}")
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not math.isfinite(gap) or not 0 < gap <= 86400:
+        raise SpotTraceError(f"{path}: metadata.gap_seconds must be a number > 0 and <= 86400, got {gap!r}")
+    if not isinstance(data, list):
+        raise SpotTraceError(f"{path}: data must be a list of numbers, got {type(data).__name__}")
     values = []
     for k, v in enumerate(data):
-        if not isinstance(v, (int, float)) or v < 0:
-            raise SpotTraceError(f"{path}: data[{k}] must be a non-negative number, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise SpotTraceError(f"{path}: data[{k}] must be a finite non-negative number, got {v!r}")
         values.append(float(v))
     zone = path.name.split("_", 1)[0]
-    return AvailabilityTrace(zone=zone, gap_seconds=gap, values=tuple(values), source=str(path))
+    return AvailabilityTrace(zone=zone, gap_seconds=float(gap), values=tuple(values), source=str(path))
 
 
 def load_trace_dir(directory: str | Path) -> dict[str, AvailabilityTrace]:

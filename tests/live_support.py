@@ -29,10 +29,24 @@ OUTPUTS = (20, 100, 500, 2000)  # one per output bucket
 TPUT = 4.0  # req/s one A10G replica sustains in every bucket (a fixed table: the test is about the loop)
 
 
-def fleet_config(tmp: Path, services: str, tick_s: float = 2.0, window_s: float = 2.0, extra: str = "") -> Path:
-    """A fleetd config for a fast live run against the simulated cloud with a state file."""
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fleet_config(tmp: Path, services: str, tick_s: float = 2.0, window_s: float = 2.0, extra: str = "",
+                 name: str = "fleet.toml") -> Path:
+    """A fleetd config for a fast live run against the simulated cloud with a state file.
+
+    The metrics exporter listens on a free port (several daemons and test runs share the machine).
+    """
     row = "[" + ", ".join([str(TPUT)] * GRID.n_output) + "]"
-    cfg = tmp / "fleet.toml"
+    if "[metrics]" not in extra:
+        extra = f"[metrics]\nport = {free_port()}\n" + extra
+    cfg = tmp / name
     cfg.write_text(f"""
 [store]
 url = "sqlite:///{tmp / 'fleet.db'}"
@@ -78,15 +92,20 @@ min_replicas = 1
 
 
 class Fleetd:
-    def __init__(self, cfg: Path, tmp: Path, tag: str = "fleetd"):
+    def __init__(self, cfg: Path, tmp: Path, tag: str = "fleetd", env: dict | None = None):
         self.cfg, self.tmp, self.tag = cfg, tmp, tag
+        self.env = dict(env or {})  # extra environment (FLEET_DB, NOTIFY_SOCKET, test hooks)
         self.proc: subprocess.Popen | None = None
         self.logs: list[Path] = []
 
-    def start(self) -> None:
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def start(self, env: dict | None = None) -> None:
         log = self.tmp / f"{self.tag}-{len(self.logs)}.log"
         self.logs.append(log)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env, **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "daemon.cli.fleetd", "--config", str(self.cfg),
                                       "--log-json"], cwd=REPO, env=env, stdout=log.open("w"),
                                      stderr=subprocess.STDOUT)
@@ -104,6 +123,17 @@ class Fleetd:
 
     def log_text(self) -> str:
         return "\n".join(p.read_text() for p in self.logs if p.exists())
+
+    def events(self, name: str) -> list[dict]:
+        """The JSON log lines with this event name, from every run of this daemon."""
+        out = []
+        for line in self.log_text().splitlines():
+            if f'"event": "{name}"' in line:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
 
 
 class RequestWriter(threading.Thread):

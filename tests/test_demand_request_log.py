@@ -132,3 +132,21 @@ def test_unreadable_files_are_clear_errors(tmp_path):
     with lzma.open(real, "wt") as f:
         f.write("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.68,10,3")  # no final newline
     assert len(read_trace(real)) == 1  # a finished (compressed) file's last line counts
+
+
+def test_gateway_log_is_a_format_each_service_reads_its_own(tmp_path):
+    """format "haproxy": the gateway's per-request records (daemon/gateway/logformat.py)."""
+    def rec(ts, service, status=200, inp=100, out=20, req_bytes=400, term="--"):
+        return json.dumps({"v": 1, "ts": ts, "request_id": "r-1", "service": service, "bucket": 0,
+                           "backend": f"{service}__A10Gx1", "server": "r1", "status": status, "req_bytes": req_bytes,
+                           "resp_bytes": 900, "in_tokens": inp, "out_tokens": out, "tw": 0, "tc": 0, "tr": 5,
+                           "ta": 50, "retries": "0", "term": term}) + "\n"
+    p = tmp_path / "gateway.log"
+    p.write_text(rec(1_700_000_000.5, "chat") + "Server chat__A10Gx1/r1 is DOWN, reason: Layer4 timeout\n"
+                 + rec(1_700_000_001.0, "code", inp=7) + rec(1_700_000_002.0, "chat", status=502, inp=None, out=None,
+                                                           req_bytes=3000, term="SH")
+                 + '{"v": 1, "ts": "soon", "backend": "x", "req_bytes": 1}\n')
+    res = scan(p, "auto", service="chat")
+    assert [(r.input_tokens, r.output_tokens, r.request_bytes) for r in res.rows] == [(100, 20, 400), (1000, 0, None)]
+    assert [(b.line, b.field) for b in res.bad] == [(5, "<record>")]  # a record that is not one: named
+    assert [r.input_tokens for r in scan(p, "haproxy", service="code").rows] == [7]

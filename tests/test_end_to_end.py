@@ -85,6 +85,8 @@ lead_time_s = 1
 launch_latency_s = [0.5, 1.5]
 spot_preemptions_per_hour = 200.0
 state_file = "{tmp_path / 'cloud.json'}"
+[metrics]
+enabled = false
 [policy]
 scale_down_delay_s = 2
 drain_s = 0.5

@@ -36,7 +36,7 @@ def _rate_csv(tmp_path: Path, days: float = 4.0) -> Path:
 def test_backtest_json_contract(tmp_path):
     p = _rate_csv(tmp_path)
     res = runner.invoke(app, ["backtest", "--series", str(p), "--format", "rate-csv", "--horizon", "30m",
-                              "--test-days", "0.5", "--refit-every", "12h", "--json"])
+                              "--test-days", "0.5", "--refit-every", "12h", "--history-days", "3.5", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["horizon_s"] == 1800 and out["quantile"] == 0.9

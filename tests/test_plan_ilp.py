@@ -432,3 +432,45 @@ def test_per_service_decomposition_matches_joint_and_falls_back_when_limits_bind
     plan = plan_ilp(make(offs, d, pol=policy(spot_loss_coverage=0.8, budget_per_hour=cap)))
     assert plan.cost_per_hour <= cap + 1e-9 and sum(plan.unserved_rps.values()) > 0
     assert "budget" in plan.binding and not any("solved per service" in n for n in plan.notes)
+
+
+def test_risk_coverage_prices_each_location_by_its_hazard():
+    """coverage = "risk": spot may concentrate where losses are rare, and spreads where they are not."""
+    offs = [off(price=0.3, market=SPOT, zone=z) for z in ("z1", "z2", "z3", "z4")] + [off(price=1.0)]
+    d = (demand(rate=35.0, gpus=("A10G",)),)
+    cfg = SolverConfig(coverage="risk", default_preemptions_per_hour=0.002, launch_penalty_usd=0.0)
+
+    def zones(plan):
+        out = {}
+        for (_, k), n in plan.targets.items():
+            if n:
+                o = plan.offerings[k]
+                out[o.zone if o.market is SPOT else "od"] = out.get(o.zone if o.market is SPOT else "od", 0) + n
+        return out
+
+    # Rare losses (0.002/h, 6 min to replace: P(lost) = 0.0002 < budget 0.002): four replicas in one zone.
+    calm = plan_ilp(make(offs, d, pol=policy(spot_risk_budget=0.002), lead_time_s=300.0), cfg)
+    assert calm.status == "optimal" and list(zones(calm).values()) == [4] and "od" not in zones(calm)
+    storm = {f"aws/r1/{z}": 2.0 for z in ("z1", "z2", "z3")}  # 2 losses an hour: P(lost) = 0.2 each
+    one_calm = plan_ilp(make(offs, d, pol=policy(spot_risk_budget=0.002), lead_time_s=300.0,
+                             preemptions_per_hour=storm), cfg)
+    assert zones(one_calm) == {"z4": 4}  # the calm zone takes it all
+    # Every zone stormy: any loss may leave at most 0.002 x 35 / 0.2 = 0.35 req/s unserved, so 4
+    # replicas (40 req/s) must survive any one loss: 6 spot with at most 2 per zone ($1.80/h),
+    # cheaper than 4 spot + 1 on-demand ($2.20/h).
+    storm["aws/r1/z4"] = 2.0
+    spread = plan_ilp(make(offs, d, pol=policy(spot_risk_budget=0.002), lead_time_s=300.0,
+                           preemptions_per_hour=storm), cfg)
+    z = zones(spread)
+    assert sum(z.values()) == 6 and max(z.values()) == 2 and "od" not in z
+    assert spread.cost_per_hour == pytest.approx(1.8)
+
+
+def test_risk_budget_zero_means_every_loss_is_covered():
+    offs = [off(price=0.3, market=SPOT, zone=z) for z in ("z1", "z2")] + [off(price=1.0)]
+    inp = make(offs, (demand(rate=35.0, gpus=("A10G",)),), pol=policy(spot_risk_budget=0.0))
+    plan = plan_ilp(inp, SolverConfig(coverage="risk"))
+    spot = {plan.offerings[k].zone: n for (_, k), n in plan.targets.items() if plan.offerings[k].market is SPOT}
+    total = sum(plan.targets.values())
+    # After losing either zone the rest carries all 35 req/s: 4 replicas remain.
+    assert all(total - n >= 4 for n in spot.values())

@@ -145,6 +145,9 @@ def test_reconcile_finishes_drains_and_undrains_when_wanted_again():
     d2 = FleetInstance(**{**d.__dict__, "drain_until": T0 + timedelta(seconds=60)})
     rec = reconcile(_plan({OD: 1}), [d2], {o.key: o for o in OFFERS}, CFG.policy, T0)
     assert [a.kind for a in rec.actions] == [ActionKind.UNDRAIN]
+    # A drain the gateway says still holds connections waits (liveness forces it later).
+    assert reconcile(_plan({}), [d], {o.key: o for o in OFFERS}, CFG.policy, T0, hold_drains=frozenset({d.name})
+                     ).actions == ()
 
 
 def test_reconcile_never_launches_past_the_dollar_cap():

@@ -25,12 +25,24 @@ def load_config_or_fail(path: Optional[Path]):
 
 
 def db_url(db: Optional[str], config: Optional[Path]) -> str:
-    """--db, else the config's store.url, else FLEET_DB, else the default file."""
+    """--db, else the config's store.url, else FLEET_DB, else the default file; a URL that cannot
+    work (garbage, `mysql://`, a driver not installed) fails here in one line."""
     if db:
-        return db
-    if config is not None:
-        return load_config_or_fail(config).store.url
-    return os.environ.get("FLEET_DB", "sqlite:///fleet.db")
+        url = db
+    elif config is not None:
+        url = load_config_or_fail(config).store.url
+    else:
+        url = os.environ.get("FLEET_DB", "sqlite:///fleet.db")
+    check_url_or_fail(url)
+    return url
+
+
+def check_url_or_fail(url: str) -> None:
+    from daemon.preflight import store_url_problem
+
+    problem = store_url_problem(url)
+    if problem:
+        fail(problem)
 
 
 def mask_url(url: str) -> str:
@@ -47,13 +59,22 @@ def db_errors(url: str):
     except Exception as e:
         from sqlalchemy.exc import SQLAlchemyError
 
-        if not isinstance(e, SQLAlchemyError):
-            raise
         from daemon.redact import redact, url_secrets
 
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()
-        fail(f"{mask_url(url)}: {type(getattr(e, 'orig', None) or e).__name__}: "
-             f"{redact(first[0] if first else '', url_secrets(url))}")
+        if isinstance(e, OSError) and not isinstance(e, ConnectionError):
+            # SQLite's file (created 0600 before it opens) in a directory that is missing or not ours.
+            fail(f"{mask_url(url)}: {e.strerror or e}: {e.filename or ''}".rstrip(": "))
+        if not isinstance(e, (SQLAlchemyError, ImportError, ConnectionError)) and not _is_driver_error(e):
+            raise
+        from daemon.preflight import first_line
+
+        fail(f"{mask_url(url)}: {redact(first_line(e), url_secrets(url))}")
+
+
+def _is_driver_error(e: BaseException) -> bool:
+    """A DB-API error raised by the driver itself (sqlite3.Error, psycopg.Error): PEP 249 names them."""
+    return any(c.__name__ in ("DatabaseError", "InterfaceError", "Error") and c.__module__.split(".")[0] in
+               ("sqlite3", "psycopg", "psycopg2") for c in type(e).__mro__)
 
 
 def open_existing(url: str):
@@ -63,11 +84,12 @@ def open_existing(url: str):
     from daemon.store.migrate import current_revision
     from daemon.store.repo import Store
 
+    check_url_or_fail(url)
     u = make_url(url)
     if u.get_backend_name() == "sqlite" and u.database and u.database != ":memory:" and not Path(u.database).exists():
         fail(f"no database at {u.database} (run `fleetctl simulate` or start fleetd first, or pass --db)")
-    store = Store.open(url)
     with db_errors(url):
+        store = Store.open(url)
         revision = current_revision(store.engine)
     if revision is None:
         fail(f"{mask_url(url)}: no fleet schema in this database (run `fleetctl db upgrade --db URL`)")

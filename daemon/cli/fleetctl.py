@@ -37,6 +37,7 @@ def _register_subcommands() -> None:
     app.add_typer(profile_app, name="profile")
     app.add_typer(plan_app, name="plan")
     app.add_typer(offerings_app, name="offerings")
+    app.add_typer(__import__("daemon.cli.gateway_cmd", fromlist=["app"]).app, name="gateway")
 
 
 _register_subcommands()
@@ -53,11 +54,24 @@ from daemon.cli.common import open_existing as _open_existing  # noqa: E402
 
 
 @config_app.command("check")
-def config_check(file: Path = typer.Argument(..., help="TOML configuration file")) -> None:
-    """Validate a configuration file; errors name the key path and the allowed values."""
+def config_check(file: Path = typer.Argument(..., help="TOML configuration file"),
+                 connect: bool = typer.Option(False, "--connect", help="also connect to the database server (and "
+                                              "a Prometheus feed, the SkyPilot catalog)")) -> None:
+    """Validate a configuration file and what it points at (store, files, capacity of every service):
+    what fleetd checks before it starts. Errors name the file, the key path and what is allowed."""
+    from daemon.logging import configure_logging
+    from daemon.preflight import check, errors
+
+    configure_logging("error")  # the capacity estimator's notes are not problems of the file
     cfg = _load_config(file)
+    problems = check(cfg, str(file), connect=connect)
+    for p in problems:
+        typer.echo(f"{'error' if p.level == 'error' else 'warning'}: {p.line(str(file))}", err=True)
+    bad = errors(problems)
+    if bad:
+        raise typer.Exit(2)
     typer.echo(f"{file}: ok ({len(cfg.services)} service(s), provider {cfg.provider.kind}, "
-               f"store {mask_url(cfg.store.url)})")
+               f"store {mask_url(cfg.store.url)}{', connected' if connect else ''})")
 
 
 @db_app.command("upgrade")
@@ -68,6 +82,10 @@ def db_upgrade(db: Optional[str] = typer.Option(None, help="database URL"),
     from daemon.store.repo import Store
 
     url = _db_url(db, config)
+    from daemon.preflight import check_store
+
+    for p in check_store(url):  # a SQLite file under a regular file, in a directory not ours, ...
+        _fail(p.message)
     with _db_errors(url):
         before, after = upgrade(Store.open(url).engine)
     typer.echo(f"{mask_url(url)}: {before or 'empty'} -> {after}")
@@ -142,11 +160,24 @@ def simulate(
                    "provider with [provider.simulated]", err=True)
     if compare is None and (plot is not None or jobs != 1 or gpus is not None):
         _fail("--plot, --jobs and --gpus go with --compare")
+    ours_db = None
+    if compare is not None and db is not None:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(db)
+        if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+            _fail("--compare keeps the `ours` replay's database only in a SQLite file (--db sqlite:///FILE)")
+        ours_db = u.database
+    try:
+        trace_args = _trace_args(cfg, trace)
+    except ValueError as e:
+        _fail(f"--trace: {e}")
+    _replay_preflight(cfg, config, db, _traced_services(cfg, trace_args))
     from daemon.demand.errors import TraceError
     from daemon.simulate import workloads_for
 
     try:
-        workloads = workloads_for(cfg, _trace_args(cfg, trace))
+        workloads = workloads_for(cfg, trace_args)
     except TraceError as e:
         _fail(str(e))
     except ValueError as e:
@@ -157,14 +188,6 @@ def simulate(
         if len(wl.bad_rows) > 20:
             typer.echo(f"warning: ... {len(wl.bad_rows) - 20} more malformed rows skipped", err=True)
     if compare is not None:
-        ours_db = None
-        if db is not None:
-            from sqlalchemy.engine import make_url
-
-            u = make_url(db)
-            if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
-                _fail("--compare keeps the `ours` replay's database only in a SQLite file (--db sqlite:///FILE)")
-            ours_db = u.database
         _simulate_compare(cfg, workloads, compare, as_json, plot, jobs, judge, slo_target, gpus, warmup_s, ours_db)
         return
 
@@ -193,7 +216,8 @@ def simulate(
                 print(f"simulate: {frac:4.0%} virtual time {info['at'][:16]}", file=sys.stderr, flush=True)
 
         try:
-            summary = run_sim(cfg, workloads, url, warmup_s=warmup_s, progress=on_progress).as_dict()
+            with _db_errors(url):
+                summary = run_sim(cfg, workloads, url, warmup_s=warmup_s, progress=on_progress).as_dict()
         except ValueError as e:
             from daemon.redact import redact, url_secrets
 
@@ -201,8 +225,47 @@ def simulate(
     summary = {**summary, "db": mask_url(summary["db"])}
     if as_json:
         typer.echo(json.dumps(summary))
-        return
-    _print_summary(summary)
+    else:
+        _print_summary(summary)
+    _fail_if_ticks_failed(summary)
+
+
+def _replay_preflight(cfg, config: Optional[Path], db: Optional[str], traced: frozenset[int] = frozenset()) -> None:
+    """What a replay needs before it starts: a store it can write (--db; the default file is made
+    anew), the files and the capacity of its config (daemon/preflight.py). `traced`: the indices
+    of the services whose trace --trace gives (their configured demand.path is not read)."""
+    from daemon.cli.common import check_url_or_fail
+    from daemon.preflight import check, check_store, errors
+
+    found = []
+    if db is not None:
+        check_url_or_fail(db)
+        found = check_store(db, connect=True, key="--db")
+    found += [p for p in check(cfg, str(config or "<built-in defaults>"), replay=True)
+              if p.key not in {f"services[{i}].demand.path" for i in traced}]
+    for p in found:
+        typer.echo(f"{p.level}: {p.line(str(config or '<built-in defaults>') if p.key != '--db' else 'simulate')}",
+                   err=True)
+    if errors(found):
+        raise typer.Exit(2)
+
+
+def _fail_if_ticks_failed(summary: dict) -> None:
+    """A replay most of whose ticks failed measured nothing: exit non-zero, saying why."""
+    failed, ticks = summary.get("failed_ticks", 0), summary.get("ticks") or summary.get("decisions", 0)
+    if ticks and failed * 2 > ticks:
+        _fail(f"{failed} of {ticks} ticks failed; first failure: {summary.get('first_tick_error') or 'see the log'} "
+              f"(fleetctl decisions list --outcome failed --db ...)", 1)
+
+
+def _traced_services(cfg, trace_args) -> frozenset[int]:
+    """Indices of the services --trace gives a trace for (by name, or in the config's order)."""
+    if not trace_args:
+        return frozenset()
+    names = [s.name for s in cfg.services]
+    if isinstance(trace_args, dict):
+        return frozenset(names.index(n) for n in trace_args if n in names)
+    return frozenset(range(min(len(trace_args), len(names))))
 
 
 def _trace_args(cfg, traces: Optional[list[str]]):
@@ -303,14 +366,18 @@ def status(db: Optional[str] = typer.Option(None, help="database URL (default: F
     typer.echo(render_status(st, terminal_width()))
 
 
+@contextmanager
 def _reader(url: str):
-    """A read-only store connection without SQLAlchemy (daemon/store/fastread.py): fast to start."""
+    """A read-only store connection without SQLAlchemy (daemon/store/fastread.py): fast to start.
+    A database that fails while it is read is one line too, never a traceback."""
     from daemon.store.fastread import StoreUnavailable, open_reader
 
     try:
-        return open_reader(url)
+        r = open_reader(url)
     except StoreUnavailable as e:
         _fail(str(e))
+    with r, _db_errors(url):
+        yield r
 
 
 def _utc(d: Optional[datetime]) -> Optional[datetime]:

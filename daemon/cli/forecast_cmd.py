@@ -70,12 +70,16 @@ def backtest_cmd(
     horizon: str = typer.Option(..., "--horizon", help="forecast horizon: 30m, 60m, ..."),
     test_days: float = typer.Option(3.0, "--test-days", min=0.01, help="evaluate on the last N days"),
     quantile: float = typer.Option(0.9, "--quantile", min=0.01, max=0.99),
-    refit_every: str = typer.Option("6h", "--refit-every", help="refit schedule during the test (the daemon refits on a schedule too)"),
+    refit_every: str = typer.Option("6h", "--refit-every", help="refit schedule during the test (the daemon: 1h; "
+                                    "the statsmodels candidates make short ones slow)"),
     window: str = typer.Option("60s", "--window", help="requests format: window length"),
     history_days: Optional[float] = typer.Option(None, "--history-days", min=0.1, help="use only the last N days of the file"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
 ) -> None:
-    """Rolling-origin evaluation over the last N days, refitting as the daemon would."""
+    """Rolling-origin evaluation over the last N days, the forecaster run online and refitted as the daemon would.
+
+    For the held-back-days benchmark of issue 15 see bench/forecast_bench.py.
+    """
     from forecast.backtest import backtest
     from forecast.models import BASELINES, CANDIDATES
     from forecast.sources import SourceError
@@ -104,7 +108,7 @@ def backtest_cmd(
     except ValueError as e:
         typer.echo(f"error: {series}: {e}", err=True)
         raise typer.Exit(2)
-    # the model the fits chose most often (a fit with too little history reports "recent_peak")
+    # the model that made most of the test's forecasts (too little history: "recent_peak")
     chosen = max(auto.chosen, key=auto.chosen.get) if auto.chosen else "none"
     models = {n: _clean(r.metrics()) for n, r in results.items()}
     models["auto"] = _clean(auto.metrics())
@@ -116,7 +120,7 @@ def backtest_cmd(
     typer.echo(f"{'model':<22}{'MASE':>8}{'sMAPE':>8}{'pinball':>12}{'coverage':>10}")
     for n, m in models.items():
         typer.echo(f"{n:<22}{_fmt(m['mase']):>8}{_fmt(m['smape']):>8}{_fmt(m['pinball']):>12}{_fmt(m['coverage']):>10}")
-    typer.echo(f"auto chose: {chosen} (fits: {auto.chosen})")
+    typer.echo(f"auto chose: {chosen} (forecasts made by each: {auto.chosen})")
 
 
 def _clean(m: dict) -> dict:
@@ -200,12 +204,13 @@ def _store_history(service: str):
     """(history windows, recorded forecasts) of a service from the store (FLEET_CONFIG, FLEET_DB)."""
     import os
 
-    from daemon.cli.common import fail, load_config_or_fail, open_existing
+    from daemon.cli.common import db_errors, fail, load_config_or_fail, open_existing
     from daemon.store.repo import Store
 
     cfg = load_config_or_fail(Path(os.environ["FLEET_CONFIG"]) if os.environ.get("FLEET_CONFIG") else None)
-    store = open_existing(os.environ.get("FLEET_DB", cfg.store.url))
-    with store.session() as s:
+    url = os.environ.get("FLEET_DB", cfg.store.url)
+    store = open_existing(url)
+    with db_errors(url), store.session() as s:
         try:
             return Store.forecast_history(s, service, cfg.buckets.grid(), cfg.loop.history_s)
         except LookupError as e:

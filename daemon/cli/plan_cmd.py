@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from daemon.cli.common import fail as _fail
-from daemon.cli.common import open_existing
+from daemon.cli.common import db_errors, open_existing
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -158,10 +158,12 @@ def plan(
     from daemon.loop.tick import plan_inputs_now
     from daemon.wiring import build_system, wall_clock
 
-    store = open_existing(db or cfg_all.store.url)  # a clear error for a missing or unmigrated store
+    url = db or cfg_all.store.url
+    store = open_existing(url)  # a clear error for a missing or unmigrated store
     # The provider is asked for offerings only; demand comes from the store, so no source is built.
-    system = build_system(cfg_all, store=store, sources={})
-    inputs = plan_inputs_now(system.loop(), wall_clock())
+    system = build_system(cfg_all, store=store, sources={}, gateway=False)
+    with db_errors(url):
+        inputs = plan_inputs_now(system.loop(), wall_clock())
     solver_cfg = cfg_all.solver if solver is None else cfg_all.solver.model_copy(update={"backend": solver})
     _, diff = dry_run(inputs, solver_cfg)
     if as_json:

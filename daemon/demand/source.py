@@ -38,6 +38,9 @@ class DemandPoll:
     # rotated file that could not be found...), logged and alerted by the tick.
     problems: tuple[str, ...] = ()
     bad_rows: int = 0
+    # (request bytes, prompt tokens) of requests a gateway answered in full (format haproxy):
+    # what the gateway's bytes-per-token fit learns from.
+    size_samples: tuple[tuple[int, int], ...] = ()
 
 
 @runtime_checkable

@@ -89,9 +89,10 @@ class RequestLogTail:
             # Rotated by rename: the old file's rest first, found by its inode beside the new one.
             old = _find_by_inode(self.path.parent, cur["ident"])
             if old is not None:
-                res = scan(old, self.fmt, self.columns, offset, line, complete=True, on_bad_row=self.on_bad_row)
+                res = scan(old, self.fmt, self.columns, offset, line, complete=True, on_bad_row=self.on_bad_row,
+                           service=self.service)
                 rows += res.rows
-                bad += len(res.bad)
+                bad += res.bad_count
                 problems += [str(b) for b in res.bad[:20]]
             else:
                 problems.append(f"{self.path}: rotated, and the previous file (inode {cur['ident'][1]}) is gone; "
@@ -105,13 +106,13 @@ class RequestLogTail:
             replaced = True
         else:
             replaced = False
-        res = scan(self.path, self.fmt, self.columns, offset, line, complete=False, on_bad_row=self.on_bad_row,
+        res = scan(self.path, self.fmt, self.columns, offset, line, complete=False, on_bad_row=self.on_bad_row, service=self.service,
                    max_bytes=self.max_bytes)
         rows += res.rows
-        bad += len(res.bad)
+        bad += res.bad_count
         problems += [str(b) for b in res.bad[:20]]
-        if len(res.bad) > 20:
-            problems.append(f"{self.path}: ... {len(res.bad) - 20} more malformed rows skipped")
+        if res.bad_count > 20:
+            problems.append(f"{self.path}: ... {res.bad_count - 20} more malformed rows skipped")
         windows, state, late = self._fold(rows, cur, now_s)
         if late:
             problems.append(f"{self.path}: {late} request(s) arrived after their window was stored (raise "
@@ -120,7 +121,8 @@ class RequestLogTail:
             head = _fingerprint(self.path, min(FINGERPRINT_BYTES, res.end_offset))
         new = {"path": str(self.path), "ident": ident, "head": head, "offset": res.end_offset, "line": res.end_line,
                **state}
-        return DemandPoll(self.service, tuple(windows), new, tuple(problems), bad)
+        samples = tuple((r.request_bytes, r.input_tokens) for r in rows if r.request_bytes)
+        return DemandPoll(self.service, tuple(windows), new, tuple(problems), bad, samples)
 
     # -- windows -------------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ def build_plan_inputs(cfg: Config, now: datetime, forecasts: dict[str, DemandFor
         capacity=capacity, offerings=tuple(offerings),
         fleet=tuple(f for f in state.fleet if State(f.state) in LIVE), policy=cfg.policy,
         unavailable=state.unavailable, preemptions_per_hour=state.preemptions_per_hour,
-        lead_time_s=cfg.loop.lead_time_s, quotas=tuple(cfg.quotas),
+        lead_time_s=cfg.loop.lead_time_s, quotas=tuple(cfg.quotas), tick_interval_s=cfg.loop.tick_interval_s,
     )
 
 

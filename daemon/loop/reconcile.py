@@ -66,8 +66,10 @@ def _price(fleet: list[FleetInstance]) -> float:
 
 
 def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offering], policy: PolicyConfig,
-              now: datetime, recently_lost: Counter | None = None) -> Reconciliation:
-    """`recently_lost` counts, per service, instances lost (preempted, failed) since the last tick."""
+              now: datetime, recently_lost: Counter | None = None,
+              hold_drains: frozenset[str] = frozenset()) -> Reconciliation:
+    """`recently_lost` counts, per service, instances lost (preempted, failed) since the last tick;
+    `hold_drains` names draining instances the gateway says still hold connections: not terminated yet."""
     recently_lost = Counter(recently_lost or {})
     actions: list[Action] = []
     launches_left = policy.max_launches_per_tick
@@ -149,7 +151,7 @@ def reconcile(plan: Plan, fleet: list[FleetInstance], offerings: dict[str, Offer
     # Drains that are done become terminations, unless wanted again above (no removal
     # budget: the decision to remove was taken, and counted, when the drain began).
     for inst in fleet:
-        if (State(inst.state) is State.DRAINING and inst.id not in undrained
+        if (State(inst.state) is State.DRAINING and inst.id not in undrained and inst.name not in hold_drains
                 and inst.drain_until is not None and inst.drain_until <= now):
             actions.append(Action(ActionKind.TERMINATE, inst.service, inst.offering.key, Reason.DRAIN_COMPLETE, inst.id))
     return Reconciliation(tuple(actions), skipped_budget, skipped_limits, held)

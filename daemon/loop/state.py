@@ -26,7 +26,29 @@ class LoopState:
     forecast_states: dict = field(default_factory=dict)
     last_forecasts: dict[str, DemandForecast] = field(default_factory=dict)
     last_plan: tuple | None = None  # (Plan, PlanBasis) of the last acceptable solve
+    # The market events (preemptions, launch outcomes) the market rules read, as last queried;
+    # None after any transition this loop wrote, so the next tick reads them again.
+    market_events: list | None = None
+    # The provider listing of the last sync that changed nothing, and the instance rows it read:
+    # while the listing stays the same and nothing is written, the next sync would change nothing.
+    synced_listing: tuple | None = None
+    synced_rows: list | None = None
+    # The fencing token of the lease this loop last led with (None: not led yet, or no lease):
+    # a new token means the daemon has just become leader and starts again from the store.
+    led_with: int | None = None
+    # Gateway: drains still holding connections (instance names; their termination waits), and
+    # the (request bytes, prompt tokens) pairs its bytes-per-token fit learns from.
+    drain_busy: frozenset = frozenset()
+    _sizes: object = None
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    def reset(self) -> None:
+        """Forget what came from the store (history, last plan): a new leader reads it afresh.
+        Fitted forecast models stay: they are functions of the same history, only older."""
+        with self._lock:
+            self.history = None
+            self.last_plan = None
+            self.store_changed()
 
     def extend_history(self, loaded: dict[str, list[DemandWindow]] | None, new: list[DemandWindow],
                        since: datetime) -> dict[str, list[DemandWindow]]:
@@ -45,6 +67,26 @@ class LoopState:
                 if k:
                     del ws[:k]
             return {name: list(ws) for name, ws in self.history.items()}
+
+    def size_tracker(self, cfg):
+        if self._sizes is None:
+            from daemon.gateway.bytes_per_token import BytesPerTokenTracker
+
+            g = cfg.gateway
+            self._sizes = BytesPerTokenTracker(g.bytes_per_token_quantile, g.bytes_per_token_min_samples)
+        return self._sizes
+
+    def store_changed(self) -> None:
+        """A transition was written: what was cached from the store is stale."""
+        self.market_events = None
+        self.synced_listing = None
+        self.synced_rows = None
+
+    def remember_sync(self, listing: tuple, rows: list) -> None:
+        self.synced_listing, self.synced_rows = listing, list(rows)
+
+    def unchanged_since_sync(self, listing: tuple) -> bool:
+        return self.synced_rows is not None and self.market_events is not None and self.synced_listing == listing
 
     def has_history(self) -> bool:
         with self._lock:

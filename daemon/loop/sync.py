@@ -32,6 +32,7 @@ class SyncResult:
     orphans: list[ProviderInstance] = field(default_factory=list)  # ours by name, unknown to the store
     lost: list[str] = field(default_factory=list)  # names that became preempted/failed: may still hold a cluster
     alerts: list[str] = field(default_factory=list)
+    rows: list = field(default_factory=list)  # the store's non-terminal instance rows it read (ORM, same session)
 
     def summary(self) -> dict:
         return {"transitions": {f"{a}->{b}": n for (a, b), n in self.transitions.items()},
@@ -62,7 +63,8 @@ def sync_from_provider(s: Session, listed: list[ProviderInstance], now: datetime
         if to in (State.PREEMPTED, State.FAILED):
             res.lost.append(row.name)
 
-    for row in Store.instances(s, states=frozenset(State) - TERMINAL):
+    res.rows = Store.instances(s, states=frozenset(State) - TERMINAL)
+    for row in res.rows:
         known.add(row.name)
         st = State(row.state)
         p = by_name.get(row.name)

@@ -45,6 +45,12 @@ zone loss     for every location L with spot offerings of s:
               Added lazily: solve, add the scenarios of the locations the solution put
               spot in, re-solve until none is missing. The final model is a relaxation of
               the full one whose optimum is feasible for it, hence optimal for it.
+risk          (solver.coverage = "risk") each scenario serves what it can, sum_p r^L_skp +
+              u^L_sk >= sum_p r_skp, and the expected unserved share is budgeted:
+              sum_L w_L sum_k u^L_sk <= epsilon sum_k d_sk, w_L = hazard_L x (tick + start-up)
+              the share of time L is lost and not yet replaced, epsilon = policy.spot_risk_budget
+              (beta, if > 0, still bounds any single loss). A chance constraint on the SLO
+              instead of a fixed share: calm locations may carry much, stormy ones need spare.
 on-demand     sum_{o on-demand} n_so >= alpha sum_o n_so            (alpha = policy.min_on_demand_share)
 unavailable   n_so <= m_so where o is in a cooldown, spot is switched off, or o left the catalog
 changes       a_so >= n_so - m_so,  t_so >= m_so - n_so
@@ -135,6 +141,7 @@ class _Svc:
     peak_u: dict = field(default_factory=dict)
     z: dict = field(default_factory=dict)
     e: object = None
+    risk: list = field(default_factory=list)  # expected unserved req/s per spot-loss scenario (coverage "risk")
     mix_note: str | None = None
 
 
@@ -660,6 +667,7 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
                     prob.addConstraint(cap - pulp.lpSum(lost[p]) >= beta * svc.load[p], f"cover_pool_{si}_{li}_{p}")
             return
         sloads: dict[str, list] = defaultdict(list)
+        unserved_after = []
         for ki, k in enumerate(svc.classes):
             parts, served = [], []
             for p, l in k.load.items():
@@ -669,18 +677,33 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
                 parts.append(rl)
                 served.append(svc.r[(ki, p)])
                 sloads[p].append(l * rl)
-            c = pulp.lpSum(parts) >= beta * pulp.lpSum(served)
-            prob.addConstraint(c, f"cover_{si}_{li}_{ki}")
+            if cfg.coverage == "risk":
+                # What is still served after the loss, and what is not (priced by the risk budget).
+                ul = pulp.LpVariable(f"ul_{si}_{li}_{ki}", lowBound=0)
+                prob.addConstraint(pulp.lpSum(parts) + ul >= pulp.lpSum(served), f"cover_all_{si}_{li}_{ki}")
+                unserved_after.append(ul)
+            if beta > 0:
+                c = pulp.lpSum(parts) >= beta * pulp.lpSum(served)
+                prob.addConstraint(c, f"cover_{si}_{li}_{ki}")
         for p, cap in svc.cap.items():
             prob.addConstraint(
                 pulp.lpSum(sloads.get(p, [])) <= cap - pulp.lpSum(lost.get(p, [])), f"cover_cap_{si}_{li}_{p}"
             )
+        if unserved_after:
+            svc.risk.append(loss_weight(loc) * pulp.lpSum(unserved_after))
+
+    def loss_weight(loc: str) -> float:
+        """Share of time location `loc` is lost and not yet replaced: hazard (per hour) x the gap
+        (hours) from the loss until a replacement serves (detection within a tick + start-up)."""
+        h = inputs.preemptions_per_hour.get(loc, cfg.default_preemptions_per_hour)
+        return h * (inputs.tick_interval_s + max(0.0, inputs.lead_time_s)) / 3600.0
 
     spot_locs = {
         svc.name: {universe[k].location for k in svc.offers if universe[k].market == Market.SPOT}
         for svc in svcs
     }
-    if beta > 0:
+    risk = cfg.coverage == "risk"
+    if beta > 0 or risk:
         for svc in svcs:
             if len(spot_locs[svc.name]) <= cfg.max_upfront_scenarios:
                 # all at once: one solve, and the LP bound sees the coverage from the start
@@ -692,6 +715,31 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
                 if s == svc.name and cnt > 0 and o.market == Market.SPOT and o.location in spot_locs[svc.name]:
                     if o.location not in svc.scenarios:
                         add_scenario(svc, o.location)
+
+    risk_rows = {}
+    if risk:
+        # The expected share of demand spot losses leave unserved stays within the budget:
+        #   sum over locations L of P(L lost, not yet replaced) x unserved after losing L
+        #     <= policy.spot_risk_budget x demand.
+        # It is a chance constraint on the SLO (the share of requests a plan may expect to
+        # lose), so a low-hazard location may carry much spot, a fleet spread over many
+        # locations needs little spare, and on-demand insurance is bought only where the
+        # budget cannot be met otherwise. Lazily added scenarios tighten it (see above).
+        for svc in svcs:
+            total = sum(k.rate for k in svc.classes)
+            risk_rows[svc.name] = total * policy.spot_risk_budget
+
+    def add_risk_rows() -> None:
+        for svc in svcs:
+            if not svc.risk:
+                continue
+            name = f"risk_budget_{svc.idx}"
+            if name in prob.constraints:
+                del prob.constraints[name]
+            prob.addConstraint(pulp.lpSum(svc.risk) <= risk_rows[svc.name], name)
+
+    if risk:
+        add_risk_rows()
 
     total_seconds, gaps, rounds = 0.0, [], 0
     while True:
@@ -708,7 +756,7 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
             why = f"solver status {status} after {total_seconds:.2f}s"
             return _kept_plan(inputs, status.split(":")[0], why + "; keeping the current fleet", solver_name,
                               total_seconds)
-        if beta <= 0:
+        if beta <= 0 and not risk:
             break
         missing = []
         for svc in svcs:
@@ -722,6 +770,8 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
         for svc, loc in missing:
             if loc not in svc.scenarios:
                 add_scenario(svc, loc)
+        if risk:
+            add_risk_rows()
         for svc in svcs:  # warm start from the fleet again, not from the violating solution
             for k, n in svc.n.items():
                 n.setInitialValue(m.get((svc.name, k), 0))

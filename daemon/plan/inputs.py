@@ -33,4 +33,5 @@ class PlanInputs:
     unavailable: frozenset[str] = frozenset()  # offering keys in a cooldown (failed launch / preemption)
     preemptions_per_hour: dict[str, float] = field(default_factory=dict)  # location -> observed spot hazard
     lead_time_s: float = 300.0  # start-up time of a new instance (launch cost = lead time x price)
+    tick_interval_s: float = 60.0  # how long a loss may go unseen (spot-loss risk: the gap until replaced)
     quotas: tuple[QuotaConfig, ...] = ()  # per offering / region / cloud caps (Config.quotas)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -107,17 +108,24 @@ def _cas(s: Session, name: str, old_token: int, old_holder: str | None, **values
     return res.rowcount == 1
 
 
-def try_acquire(s: Session, holder: str, ttl_s: float, now: datetime, name: str = DEFAULT_LEASE) -> Lease | None:
-    """Take (or keep) the lease inside transaction `s`; None when another holder has it and it is live."""
+def try_acquire(s: Session, holder: str, ttl_s: float, now: datetime, name: str = DEFAULT_LEASE,
+                steal: bool = False) -> Lease | None:
+    """Take (or keep) the lease inside transaction `s`; None when another holder has it and it is live.
+
+    `steal`: take it even from a live holder. Only for a daemon that holds an OS lock
+    proving no other daemon runs on this store (SQLite's DaemonFileLock): a live lease
+    of someone else is then a crashed predecessor's, and waiting out its TTL would
+    only delay the restart.
+    """
     if ttl_s <= 0:
         raise ValueError("lease ttl must be positive")
     _ensure_row(s, name)
     row = _locked(s, name)
     expires = now + timedelta(seconds=ttl_s)
     live = row.holder is not None and row.expires_at is not None and row.expires_at > now
-    if live and row.holder != holder:
+    if live and row.holder != holder and not steal:
         return None
-    if live:  # ours already: extend, same token
+    if live and row.holder == holder:  # ours already: extend, same token
         if not _cas(s, name, row.token, row.holder, renewed_at=now, expires_at=expires):
             return None
         return Lease(name, holder, row.token, row.acquired_at, expires)
@@ -201,12 +209,17 @@ class Leadership:
     holder: str = ""
     name: str = DEFAULT_LEASE
     min_remaining_s: float = 0.0
+    # True when an OS lock proves this is the only daemon on the store (SQLite): a live lease
+    # held by someone else is a crashed predecessor's and is taken at once (see try_acquire).
+    exclusive: bool = False
     lease: Lease | None = None
     last_error: str | None = None
 
     def __post_init__(self) -> None:
         if not self.holder:
             self.holder = new_holder_id()
+        # The tick and fleetd's renewal job both refresh: one at a time.
+        self._lock = threading.RLock()
         if self.min_remaining_s >= self.ttl_s:
             raise ValueError("min_remaining_s must be below the lease ttl")
 
@@ -215,22 +228,27 @@ class Leadership:
         return Role.LEADER if self.lease is not None and self.lease.remaining_s(self.clock()) > 0 else Role.STANDBY
 
     def refresh(self) -> Role:
-        now = self.clock()
-        try:
-            with self.store.session() as s:
-                got = renew(s, self.lease, self.ttl_s, now) if self.lease is not None else None
-                if got is None:
-                    got = try_acquire(s, self.holder, self.ttl_s, now, self.name)
-            self.lease, self.last_error = got, None
-        except Exception as e:  # the database is gone: we cannot prove leadership, so we are not leader
-            self.lease, self.last_error = None, f"{type(e).__name__}: {e}"
-        self._report(now)
-        return self.role
+        with self._lock:
+            now = self.clock()
+            try:
+                with self.store.session() as s:
+                    got = renew(s, self.lease, self.ttl_s, now) if self.lease is not None else None
+                    if got is None:
+                        got = try_acquire(s, self.holder, self.ttl_s, now, self.name, steal=self.exclusive)
+                self.lease, self.last_error = got, None
+            except Exception as e:  # the database is gone: we cannot prove leadership, so we are not leader
+                self.lease, self.last_error = None, f"{type(e).__name__}: {e}"
+            self._report(now)
+            return self.role
 
     def fence(self, s: Session) -> None:
         assert_leader(s, self.lease, self.clock(), self.min_remaining_s)
 
     def check(self) -> None:
+        with self._lock:
+            self._check()
+
+    def _check(self) -> None:
         now = self.clock()
         if self.lease is None:
             raise LeaseLost("this daemon holds no lease (standby)")
@@ -249,6 +267,10 @@ class Leadership:
             raise LeaseLost(f"lease not verifiable: {type(e).__name__}: {e}") from e
 
     def release(self) -> None:
+        with self._lock:
+            self._release()
+
+    def _release(self) -> None:
         if self.lease is None:
             return
         now = self.clock()

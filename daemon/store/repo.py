@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Iterator, NamedTuple
 
-from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy import bindparam, create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
@@ -22,8 +22,19 @@ from daemon.lifecycle import BILLABLE, TERMINAL, Reason, State, check_transition
 from daemon.store.schema import Alert, Control, Decision, DemandCursor, DemandWindowRow, Instance, InstanceEvent
 
 
-def make_engine(url: str, durable: bool = True) -> Engine:
-    """`durable=False` (replays, whose database can be made again) skips fsync on commit."""
+_CURSOR_UPDATE = (update(DemandCursor.__table__).where(DemandCursor.__table__.c.service == bindparam("svc"))
+                  .values(kind=bindparam("kind"), cursor=bindparam("cursor"), updated_at=bindparam("updated_at")))
+
+
+def make_engine(url: str, durable: bool = True, lease_ttl_s: float | None = None) -> Engine:
+    """`durable=False` (replays, whose database can be made again) skips fsync on commit.
+
+    `lease_ttl_s` (fleetd, PostgreSQL): bound how long a lost or partitioned daemon can
+    hold locks and how long it waits for a database that is gone. The server ends a
+    session left idle inside a transaction for longer than the lease TTL (its share
+    lock on the lease row would otherwise keep a standby from taking over for as
+    long as TCP takes to notice), and connecting gives up after half the TTL.
+    """
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
         if not u.database or u.database == ":memory:":
@@ -53,6 +64,14 @@ def make_engine(url: str, durable: bool = True) -> Engine:
             cur.close()
 
         return engine
+    if lease_ttl_s is not None and u.get_backend_name() == "postgresql":
+        ms = int(lease_ttl_s * 1000)
+        args = {"options": f"-c idle_in_transaction_session_timeout={ms}",
+                "connect_timeout": max(2, int(lease_ttl_s / 2)),
+                # The client notices a dead server too (libpq keepalive parameters).
+                "keepalives": 1, "keepalives_idle": max(1, int(lease_ttl_s / 2)), "keepalives_interval": 1,
+                "keepalives_count": 3}
+        return create_engine(url, pool_pre_ping=True, connect_args=args)
     return create_engine(url, pool_pre_ping=True)
 
 
@@ -67,7 +86,7 @@ def fleet_instance(row: Instance) -> FleetInstance:
     return FleetInstance(
         id=row.id, name=row.name, service=row.service, offering=offering_of(row), state=row.state,
         launched_at=row.launched_at, ready_at=row.ready_at, drain_until=row.drain_until,
-        state_since=row.state_since, last_reason=row.last_reason,
+        state_since=row.state_since, last_reason=row.last_reason, endpoint=row.endpoint,
     )
 
 
@@ -84,8 +103,8 @@ class Store:
         self.engine = engine
 
     @classmethod
-    def open(cls, url: str, durable: bool = True) -> "Store":
-        return cls(make_engine(url, durable))
+    def open(cls, url: str, durable: bool = True, lease_ttl_s: float | None = None) -> "Store":
+        return cls(make_engine(url, durable, lease_ttl_s))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -117,11 +136,10 @@ class Store:
     @staticmethod
     def save_cursor(s: Session, service: str, kind: str, cursor: dict, at: datetime) -> None:
         """A demand source's position, in the transaction that stores its windows (an upsert)."""
-        t = DemandCursor.__table__
         values = {"service": service, "kind": kind, "cursor": cursor, "updated_at": at}
-        done = s.execute(update(t).where(t.c.service == service).values(kind=kind, cursor=cursor, updated_at=at))
+        done = s.execute(_CURSOR_UPDATE, {"svc": service, "kind": kind, "cursor": cursor, "updated_at": at})
         if done.rowcount == 0:
-            s.execute(insert(t).values(**values))
+            s.execute(insert(DemandCursor.__table__), values)
 
     @staticmethod
     def cursors(s: Session) -> dict[str, tuple[str, dict]]:
@@ -240,8 +258,16 @@ class Store:
     # -- decisions and alerts -------------------------------------------------------
 
     @staticmethod
-    def start_decision(s: Session, at: datetime) -> Decision:
-        d = Decision(at=at, outcome="started", launches=0, terminations=0)
+    def insert_decision(s: Session, at: datetime, **fields) -> int:
+        """A decision row inserted whole (one INSERT ... RETURNING; the tick writes one every minute)."""
+        values = {"at": at, "outcome": "started", "launches": 0, "terminations": 0, **fields}
+        # Parameters apart from the statement, so SQLAlchemy compiles it once, not every tick.
+        return int(s.execute(insert(Decision).returning(Decision.id), values).scalar_one())
+
+    @staticmethod
+    def start_decision(s: Session, at: datetime, **fields) -> Decision:
+        """A decision row, `started` unless told otherwise, inserted now (its id names the intents)."""
+        d = Decision(at=at, **{"outcome": "started", "launches": 0, "terminations": 0, **fields})
         s.add(d)
         s.flush()
         return d
