@@ -314,7 +314,7 @@ def to_toml(doc: dict) -> str:
 
 
 def _error_paths(msg: str) -> list[str]:
-    return [m.group(1) for m in re.finditer(r"^  (\S+?): ", msg, flags=re.M)]
+    return [m.group(1) for m in re.finditer(r"^  (<top level>|\S+?): ", msg, flags=re.M)]
 
 
 @_settings(250)
