@@ -215,7 +215,9 @@ def main(argv=None) -> int:
     md = ["# Policies compared on the standard set", "",
           f"Command: `python bench/compare_bench.py --jobs {args.jobs} --servegen-rps {args.servegen_rps:g} "
           f"--judge-budget {args.judge_budget}" + (f" --only {args.only}" if args.only else "")
-          + (f" --clouds {args.clouds}" if args.clouds else "") + "`", "",
+          + (f" --clouds {args.clouds}" if args.clouds else "") + (" --report-only" if args.report_only else "")
+          + "`" + (" (tables assembled from the comparisons already in --out, run by earlier invocations)"
+                   if args.report_only else ""), "",
           "Clouds per workload: " + "; ".join(f"{w}: {', '.join(sorted(cs))}" for w, cs in runs_of.items()), "",
           "## Per workload, over the simulated clouds", "", summary_tables(docs), "",
           "## Issue 11's targets for `ours`, per workload and cloud", "", targets_table(docs), "",
