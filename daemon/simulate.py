@@ -23,7 +23,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping, Sequence
 
 import structlog
 
@@ -36,7 +36,7 @@ from daemon.loop.tick import run_tick
 from daemon.store.migrate import upgrade
 from daemon.store.repo import Store, instance_cost
 from daemon.store.schema import Decision, Instance, InstanceEvent, SimulationRun
-from daemon.wiring import build_provider, build_system, load_workload, open_store
+from daemon.wiring import System, build_provider, build_system, load_workload, open_store
 
 log = structlog.get_logger("fleet.simulate")
 
@@ -98,6 +98,9 @@ def window_attainment(w: DemandWindow, plan: Plan | None, running: dict[tuple[st
 @dataclass
 class SimulationSummary:
     data: dict
+    # The replay's store, kept open when simulate(keep_store=True) ran it in memory (the
+    # comparison judges it before it goes); None otherwise.
+    store: Store | None = None
 
     def as_dict(self) -> dict:
         return self.data
@@ -108,9 +111,51 @@ def workload_for(cfg: Config, trace_path: str | None) -> RequestTrace:
     return load_workload(cfg, cfg.services[0], trace_path)
 
 
-def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | None = None,
-             progress: Callable[[float, dict], None] | None = None) -> SimulationSummary:
+def workloads_for(cfg: Config, paths: Mapping[str, str] | Sequence[str] | None = None) -> dict[str, RequestTrace]:
+    """One workload per service: the paths given (by service name, or in the config's service
+    order), else each service's configured trace, else its built-in workload."""
+    names = [s.name for s in cfg.services]
+    if paths is None:
+        given: dict[str, str] = {}
+    elif isinstance(paths, Mapping):
+        given = dict(paths)
+    else:
+        paths = list(paths)
+        if len(paths) > len(names):
+            raise ValueError(f"{len(paths)} traces for {len(names)} service(s) ({', '.join(names)}): one per service")
+        given = dict(zip(names, paths))
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(f"trace given for service(s) {unknown}, which the config does not define ({names})")
+    return {svc.name: load_workload(cfg, svc, given.get(svc.name)) for svc in cfg.services}
+
+
+def replay_traces(cfg: Config, trace: RequestTrace | Mapping[str, RequestTrace]) -> dict[str, RequestTrace]:
+    """A single trace drives the first service (the others their configured workloads); a mapping, each its own."""
+    if isinstance(trace, Mapping):
+        unknown = sorted(set(trace) - {s.name for s in cfg.services})
+        if unknown:
+            raise ValueError(f"trace given for service(s) {unknown}, which the config does not define")
+        return {s.name: trace[s.name] if s.name in trace else load_workload(cfg, s) for s in cfg.services}
+    return {s.name: trace if k == 0 else load_workload(cfg, s) for k, s in enumerate(cfg.services)}
+
+
+def simulate(cfg: Config, trace: RequestTrace | Mapping[str, RequestTrace], db_url: str,
+             warmup_s: float | None = None, progress: Callable[[float, dict], None] | None = None, *,
+             policy: Callable | None = None, capacity: CapacityTable | None = None,
+             prior: Mapping[str, Sequence[DemandWindow]] | None = None, keep_store: bool = False
+             ) -> SimulationSummary:
+    """Replay `trace` (one per service: see `replay_traces`) through the tick in virtual time.
+
+    Every service's trace starts playing at the same origin, the first service's trace
+    start. `policy` replaces what the loop decides (Loop.policy: a baseline of
+    daemon/policies); `capacity` reuses a capacity table already built from `cfg`;
+    `prior` is the demand history the deployment had before the replay (shifted to
+    end where the replay's clock starts; default: the trace's opening minutes);
+    `keep_store` (with an in-memory SQLite URL) keeps the store open in the result.
+    """
     wall0 = time.perf_counter()
+    traces = replay_traces(cfg, trace)
     target = _sqlite_file(db_url)
     if target is not None:
         # A replay into a SQLite file runs in memory and is written out whole at the end
@@ -128,21 +173,29 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
     tick_s = cfg.loop.tick_interval_s
     if warmup_s is None:
         warmup_s = cfg.loop.lead_time_s + 2 * tick_s
-    origin = trace.start
+    first = traces[cfg.services[0].name]
+    origin = first.start
     grid = cfg.buckets.grid()
     clock = VirtualClock(origin - timedelta(seconds=warmup_s))
     # A replay always runs against the simulated cloud, whatever provider.kind says.
     provider = build_provider(cfg.model_copy(update={"provider": cfg.provider.model_copy(update={"kind": "simulated"})}),
                               clock)
-    # The workload drives the first service; a multi-service replay feeds each from its own trace.
-    svc = cfg.services[0].name
-    replay = TraceReplay(svc, trace, grid, window_s, origin)
-    loop = build_system(cfg, clock=clock, store=store, provider=provider, sources={svc: replay},
-                        gateway=False).loop()  # a replay drives no real gateway
-    prior = replay.preview(before=clock.now, count=max(1, int(math.ceil(cfg.policy.scale_down_delay_s / window_s / 2))))
+    # Each service is fed from its own trace, all starting at the same origin; a replay drives no real gateway.
+    replays = {name: TraceReplay(name, tr, grid, window_s, origin) for name, tr in traces.items()}
+    if capacity is not None:
+        loop = System(cfg, store, provider, dict(replays), clock, capacity).loop()
+    else:
+        loop = build_system(cfg, clock=clock, store=store, provider=provider, sources=dict(replays),
+                            gateway=False).loop()
+    loop.policy = policy
+    count = max(1, int(math.ceil(cfg.policy.scale_down_delay_s / window_s / 2)))
     with store.session() as s:
-        Store.add_demand_windows(s, prior)
-    end = replay.end
+        for name, replay in replays.items():
+            if prior is not None and name in prior:
+                Store.add_demand_windows(s, _ending_at(list(prior[name]), clock.now))
+            else:
+                Store.add_demand_windows(s, replay.preview(before=clock.now, count=count))
+    end = max(r.end for r in replays.values())
     total_span = (end - clock.now).total_seconds()
     served = demanded = 0.0
     per_window: list[float] = []
@@ -150,6 +203,7 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
     last_running: dict = {}
     failed_ticks = 0
     ticks = 0
+    sim0 = time.perf_counter()
     first_error: str | None = None
     while clock.now <= end:
         # The forecast refit runs at its scheduled virtual times, between ticks, as fleetd's job does.
@@ -176,6 +230,7 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
                      {"tick": ticks, "at": clock.now.isoformat(), "cost_per_hour": result.plan.cost_per_hour
                       if result.plan else None})
         clock.advance(tick_s)
+    sim_s = time.perf_counter() - sim0
 
     with store.session() as s:
         hours: dict[str, float] = defaultdict(float)
@@ -191,9 +246,9 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
         failures = s.query(InstanceEvent).filter(InstanceEvent.to_state == "failed").count()
         decisions = s.query(Decision).count()
         summary = {
-            "workload": trace.source,
-            "requests": len(trace),
-            "bad_rows": len(trace.bad_rows),
+            "workload": " + ".join(tr.source for tr in traces.values()) if len(traces) > 1 else first.source,
+            "requests": sum(len(tr) for tr in traces.values()),
+            "bad_rows": sum(len(tr.bad_rows) for tr in traces.values()),
             "virtual_start": origin.isoformat(),
             "virtual_end": end.isoformat(),
             "virtual_hours": round((end - origin).total_seconds() / 3600.0, 3),
@@ -206,19 +261,31 @@ def simulate(cfg: Config, trace: RequestTrace, db_url: str, warmup_s: float | No
             "failures": failures,
             "decisions": decisions,
             "failed_ticks": failed_ticks,
+            "policy": getattr(policy, "name", None) or "ours",
             "ticks": ticks,
+            "ticks_per_s": round(ticks / sim_s, 1) if sim_s > 0 else None,
             "first_tick_error": first_error,
             "capacity_sources": {f"{svc}/{pool}": src for (svc, pool), src in sorted(loop.capacity.provenance.items())},
             "wall_seconds": round(time.perf_counter() - wall0, 2),
             "db": db_url,
         }
         s.add(SimulationRun(started_at=_utcnow(), virtual_start=origin, virtual_end=end,
-                            workload=trace.source[:512], summary=summary))
+                            workload=summary["workload"][:512], summary=summary))
     if target is not None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with store.engine.connect() as c:
             c.exec_driver_sql("VACUUM INTO ?", (str(target),))
-    return SimulationSummary(summary)
+    return SimulationSummary(summary, store if keep_store else None)
+
+
+def _ending_at(windows: list[DemandWindow], at: datetime) -> list[DemandWindow]:
+    """History windows moved in time so the last one ends at `at` (a warm start's prior demand)."""
+    if not windows:
+        return []
+    last = max(windows, key=lambda w: w.start)
+    shift = at - (last.start + timedelta(seconds=last.seconds))
+    return [DemandWindow(w.service, w.start + shift, w.seconds, w.counts, w.input_tokens, w.output_tokens)
+            for w in windows]
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -258,4 +325,4 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-__all__ = ["simulate", "workload_for", "VirtualClock", "window_attainment", "instance_cost"]
+__all__ = ["simulate", "workload_for", "workloads_for", "replay_traces", "VirtualClock", "window_attainment", "instance_cost"]

@@ -236,6 +236,25 @@ class SimulatedProvider:
             ))
         return out
 
+    def spot_outages(self, location: str, start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
+        """When spot capacity in `location` is gone within [start, end]: the market's future, known.
+
+        Read only by the replay's oracle (daemon/policies/oracle.py), which needs perfect
+        knowledge of preemptions; the loop never calls it. The clock must have started
+        (a first `list`), as the outage schedule counts from there.
+        """
+        trace = self._trace_for(location)
+        if trace is not None:
+            epoch = self._epoch or start
+            shift = self.cfg.spot_trace_offset_s
+
+            def at(offset: float) -> datetime:
+                return epoch + timedelta(seconds=offset - shift)
+
+            return [(max(start, at(a)), min(end, at(b)))
+                    for a, b in trace.outages(self._offset(start), self._offset(end))]
+        return [(max(s, start), min(e, end)) for s, e in self._outages_until(location, end) if e > start and s < end]
+
     # -- simulation ---------------------------------------------------------------
 
     def _advance(self) -> datetime:

@@ -53,6 +53,27 @@ class AvailabilityTrace:
                 return (start + k) * self.gap_seconds
         return None
 
+    def outages(self, start_s: float, end_s: float) -> list[tuple[float, float]]:
+        """Offsets (a, b) within [start_s, end_s] with no spot capacity (the trace wraps around)."""
+        n = len(self.values)
+        if n == 0 or end_s <= start_s:
+            return []
+        g = self.gap_seconds
+        out: list[tuple[float, float]] = []
+        k = int(start_s // g)
+        last = int(end_s // g)
+        while k <= last:
+            if self.values[k % n] > 0:
+                k += 1
+                continue
+            a = k
+            while k <= last and self.values[k % n] <= 0:
+                k += 1
+            lo, hi = max(start_s, a * g), min(end_s, k * g)
+            if hi > lo:
+                out.append((lo, hi))
+        return out
+
 
 MAX_TRACE_FILE_BYTES = 256 << 20  # the public traces are a few MB; a larger file is not one of them
 

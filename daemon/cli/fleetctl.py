@@ -105,50 +105,99 @@ def db_current(db: Optional[str] = typer.Option(None), config: Optional[Path] = 
 
 @app.command()
 def simulate(
-    trace: Optional[Path] = typer.Option(None, help="request log to replay (Azure CSV, JSONL, CSV; .xz/.gz ok)"),
+    trace: Optional[list[str]] = typer.Option(
+        None, help="request log to replay (Azure CSV, JSONL, CSV; .xz/.gz ok); once per service, in the config's "
+                   "service order or as SERVICE=FILE"),
     demo: bool = typer.Option(False, "--demo", help="the built-in seeded workload (default without --trace)"),
     config: Optional[Path] = typer.Option(None, help="config file (default: built-in, = config.example.toml)"),
-    db: Optional[str] = typer.Option(None, help=f"database URL (default: a fresh {DEFAULT_SIM_DB})"),
+    db: Optional[str] = typer.Option(None, help=f"database URL (default: a fresh {DEFAULT_SIM_DB}); with --compare, "
+                                     "a SQLite file that keeps the `ours` replay"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
     warmup_s: Optional[float] = typer.Option(None, help="seconds of warm start before the workload"),
     spot_traces: Optional[Path] = typer.Option(None, help="replay spot availability traces from this directory "
                                                "(e.g. ../shared/data/spot/skyserve/AWS3) instead of the zone hazard"),
+    seed: Optional[int] = typer.Option(None, help="simulated-cloud seed (default: provider.simulated.seed)"),
+    demo_days: Optional[float] = typer.Option(None, help="length of the built-in workload in days "
+                                              "(default: services.demand.demo_days)"),
+    compare: Optional[str] = typer.Option(
+        None, help="compare policies on identical inputs, judged request by request: all, or a list of "
+                   "static,reactive,spothedge,melange,ours_no_forecast,ours,oracle"),
+    plot: Optional[Path] = typer.Option(None, help="--compare: write PNG plots into this directory"),
+    jobs: int = typer.Option(1, min=1, help="--compare: replays run in this many processes"),
+    judge: str = typer.Option("auto", help="--compare: full, sampled (every Nth hour), or auto (sampled above "
+                                           "400,000 requests)"),
+    slo_target: float = typer.Option(0.995, min=0.0, max=1.0,
+                                     help="--compare: attainment a single-type baseline's GPU type must reach"),
+    gpus: Optional[str] = typer.Option(None, help="--compare: GPU types single-type baselines may use "
+                                       "(comma-separated; default: every type a service allows)"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="log every tick (JSON lines on stderr)"),
 ) -> None:
     """Replay a workload through the real control loop in virtual time against the simulated cloud."""
     from daemon.logging import configure_logging
 
     configure_logging("info" if verbose else "error", json=True)
-    if trace is not None and demo:
+    if trace and demo:
         _fail("give either --trace or --demo, not both")
     cfg = _load_config(config)
+    sim_update = {}
     if spot_traces is not None:
         if not spot_traces.is_dir():
             _fail(f"--spot-traces {spot_traces}: not a directory")
-        sim = cfg.provider.simulated.model_copy(update={"spot_trace_dir": str(spot_traces)})
+        sim_update["spot_trace_dir"] = str(spot_traces)
+    if seed is not None:
+        sim_update["seed"] = seed
+    if sim_update:
+        sim = cfg.provider.simulated.model_copy(update=sim_update)
         cfg = cfg.model_copy(update={"provider": cfg.provider.model_copy(update={"simulated": sim})})
+    if demo_days is not None:
+        if demo_days <= 0:
+            _fail("--demo-days must be positive")
+        cfg = cfg.model_copy(update={"services": [
+            s.model_copy(update={"demand": s.demand.model_copy(update={"demo_days": demo_days})})
+            for s in cfg.services]})
     if cfg.provider.kind != "simulated":
         typer.echo(f"note: provider.kind = {cfg.provider.kind} in the config; a replay always uses the simulated "
                    "provider with [provider.simulated]", err=True)
+    if compare is None and (plot is not None or jobs != 1 or gpus is not None):
+        _fail("--plot, --jobs and --gpus go with --compare")
+    ours_db = None
+    if compare is not None and db is not None:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(db)
+        if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+            _fail("--compare keeps the `ours` replay's database only in a SQLite file (--db sqlite:///FILE)")
+        ours_db = u.database
+    try:
+        trace_args = _trace_args(cfg, trace)
+    except ValueError as e:
+        _fail(f"--trace: {e}")
+    _replay_preflight(cfg, config, db, _traced_services(cfg, trace_args))
+    from daemon.demand.errors import TraceError
+    from daemon.simulate import workloads_for
+
+    try:
+        workloads = workloads_for(cfg, trace_args)
+    except TraceError as e:
+        _fail(str(e))
+    except ValueError as e:
+        _fail(f"--trace: {e}")
+    for wl in workloads.values():
+        for msg in wl.bad_rows[:20]:
+            typer.echo(f"warning: skipped malformed row: {msg}", err=True)
+        if len(wl.bad_rows) > 20:
+            typer.echo(f"warning: ... {len(wl.bad_rows) - 20} more malformed rows skipped", err=True)
+    if compare is not None:
+        _simulate_compare(cfg, workloads, compare, as_json, plot, jobs, judge, slo_target, gpus, warmup_s, ours_db)
+        return
+
     url = db or DEFAULT_SIM_DB
-    _replay_preflight(cfg, config, db, trace)
     if db is None:
         path = Path(url.removeprefix("sqlite:///"))
         for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
             if p.exists():
                 p.unlink()
-    from daemon.demand.errors import TraceError
     from daemon.simulate import simulate as run_sim
-    from daemon.simulate import workload_for
-
-    try:
-        workload = workload_for(cfg, str(trace) if trace else None)
-    except TraceError as e:
-        _fail(str(e))
-    for msg in workload.bad_rows[:20]:
-        typer.echo(f"warning: skipped malformed row: {msg}", err=True)
-    if len(workload.bad_rows) > 20:
-        typer.echo(f"warning: ... {len(workload.bad_rows) - 20} more malformed rows skipped", err=True)
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -168,7 +217,7 @@ def simulate(
 
         try:
             with _db_errors(url):
-                summary = run_sim(cfg, workload, url, warmup_s=warmup_s, progress=on_progress).as_dict()
+                summary = run_sim(cfg, workloads, url, warmup_s=warmup_s, progress=on_progress).as_dict()
         except ValueError as e:
             from daemon.redact import redact, url_secrets
 
@@ -181,9 +230,10 @@ def simulate(
     _fail_if_ticks_failed(summary)
 
 
-def _replay_preflight(cfg, config: Optional[Path], db: Optional[str], trace: Optional[Path]) -> None:
+def _replay_preflight(cfg, config: Optional[Path], db: Optional[str], traced: frozenset[int] = frozenset()) -> None:
     """What a replay needs before it starts: a store it can write (--db; the default file is made
-    anew), the files and the capacity of its config (daemon/preflight.py)."""
+    anew), the files and the capacity of its config (daemon/preflight.py). `traced`: the indices
+    of the services whose trace --trace gives (their configured demand.path is not read)."""
     from daemon.cli.common import check_url_or_fail
     from daemon.preflight import check, check_store, errors
 
@@ -192,7 +242,7 @@ def _replay_preflight(cfg, config: Optional[Path], db: Optional[str], trace: Opt
         check_url_or_fail(db)
         found = check_store(db, connect=True, key="--db")
     found += [p for p in check(cfg, str(config or "<built-in defaults>"), replay=True)
-              if not (trace is not None and p.key == "services[0].demand.path")]
+              if p.key not in {f"services[{i}].demand.path" for i in traced}]
     for p in found:
         typer.echo(f"{p.level}: {p.line(str(config or '<built-in defaults>') if p.key != '--db' else 'simulate')}",
                    err=True)
@@ -206,6 +256,71 @@ def _fail_if_ticks_failed(summary: dict) -> None:
     if ticks and failed * 2 > ticks:
         _fail(f"{failed} of {ticks} ticks failed; first failure: {summary.get('first_tick_error') or 'see the log'} "
               f"(fleetctl decisions list --outcome failed --db ...)", 1)
+
+
+def _traced_services(cfg, trace_args) -> frozenset[int]:
+    """Indices of the services --trace gives a trace for (by name, or in the config's order)."""
+    if not trace_args:
+        return frozenset()
+    names = [s.name for s in cfg.services]
+    if isinstance(trace_args, dict):
+        return frozenset(names.index(n) for n in trace_args if n in names)
+    return frozenset(range(min(len(trace_args), len(names))))
+
+
+def _trace_args(cfg, traces: Optional[list[str]]):
+    """--trace values: SERVICE=FILE pairs, or files in the config's service order."""
+    if not traces:
+        return None
+    names = {s.name for s in cfg.services}
+    named = {}
+    plain = []
+    for t in traces:
+        head, sep, rest = t.partition("=")
+        if sep and head in names:
+            named[head] = rest
+        elif sep and not Path(t).exists():
+            raise ValueError(f"{t}: no such file, and {head!r} is not a service of the config "
+                             f"({', '.join(sorted(names))})")
+        else:
+            plain.append(t)
+    if named and plain:
+        raise ValueError("give every trace as SERVICE=FILE, or none")
+    return named or plain
+
+
+def _simulate_compare(cfg, workloads, policies: str, as_json: bool, plot: Optional[Path], jobs: int, judge: str,
+                      slo_target: float, gpus: Optional[str], warmup_s: Optional[float], ours_db: Optional[str]) -> None:
+    from daemon.policies.compare import CompareError, CompareOptions, compare, parse_policies
+
+    if judge not in ("auto", "full", "sampled"):
+        _fail(f"--judge must be auto, full or sampled, got {judge!r}")
+    try:
+        names = parse_policies(policies)
+    except CompareError as e:
+        _fail(f"--compare: {e}")
+    gpu_list = tuple(g.strip() for g in gpus.split(",") if g.strip()) if gpus else None
+    opts = CompareOptions(policies=names, slo_target=slo_target, judge=judge, jobs=jobs, warmup_s=warmup_s,
+                          gpus=gpu_list, ours_db=ours_db)
+
+    def say(msg: str) -> None:
+        print(f"compare: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        result = compare(cfg, workloads, opts, progress=say)
+    except CompareError as e:
+        _fail(f"--compare: {e}")
+    if plot is not None:
+        from daemon.policies.plots import write_plots
+
+        for f in write_plots(result, plot):
+            say(f"wrote {f}")
+    if as_json:
+        typer.echo(json.dumps(result.result))
+        return
+    from daemon.policies.report import print_comparison
+
+    print_comparison(result.result)
 
 
 def _print_summary(summary: dict) -> None:

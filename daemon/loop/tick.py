@@ -20,6 +20,8 @@ The clock is injected: the same code runs under fleetd in wall time and under
 `fleetctl simulate` in virtual time. A failing step never escapes the tick: it
 is logged, recorded (decision outcome `failed`, an alert) and the next tick runs.
 What a tick carries to the next lives in `LoopState` (daemon/loop/state.py).
+Forecast and plan together are `decide`; a comparison replay puts a baseline
+policy in their place (`Loop.policy`, daemon/policies/).
 """
 
 from __future__ import annotations
@@ -73,6 +75,10 @@ class Loop:
     clock: Callable[[], datetime]
     capacity: CapacityTable | None = None
     state: LoopState = field(default_factory=LoopState)
+    # Who decides the target fleet and its routing table: None is this project (`decide`:
+    # forecast, then plan); a comparison replay plugs in a baseline (daemon/policies/hook.py).
+    # Same signature as `decide`; everything else in the tick stays the same code.
+    policy: Callable[..., tuple[dict[str, DemandForecast], PlanInputs, Plan]] | None = None
     guard: Guard = field(default_factory=Guard)  # the leader lease and the watchdog (fleetd sets them)
     gateway: object | None = None  # daemon.gateway.Gateway, kept in step after each applied tick
 
@@ -136,8 +142,7 @@ def run_tick(loop: Loop) -> TickResult:
             return _standby(loop, now)
         obs = observe(loop, now)
         live = liveness(obs.fleet.fleet, now, loop.cfg.policy)
-        forecasts = forecast_phase(loop, obs, now)
-        inputs, the_plan = plan_phase(loop, obs, live, forecasts, now)
+        forecasts, inputs, the_plan = (loop.policy or decide)(loop, obs, live, now)
         rec = reconcile_phase(loop, obs, live, the_plan, now)
         mode = "paused" if obs.paused else "dry_run" if loop.cfg.policy.dry_run else "apply"
         decision_id, final = record_intent(loop, obs, live, forecasts, inputs, the_plan, rec, mode, now)
@@ -387,6 +392,14 @@ def _terminate_quietly(loop: Loop, name: str) -> None:
 
 
 # -- forecast, plan, reconcile (pure, around the loop state) -----------------------------------
+
+def decide(loop: Loop, obs: Observation, live: Liveness, now: datetime) -> tuple[dict[str, DemandForecast],
+                                                                                PlanInputs, Plan]:
+    """This project's decision: the demand forecast, then the plan for it."""
+    forecasts = forecast_phase(loop, obs, now)
+    inputs, the_plan = plan_phase(loop, obs, live, forecasts, now)
+    return forecasts, inputs, the_plan
+
 
 def forecast_phase(loop: Loop, obs: Observation, now: datetime) -> dict[str, DemandForecast]:
     states, _ = loop.state.forecast_inputs()
