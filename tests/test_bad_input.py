@@ -586,7 +586,18 @@ def test_fleetd_rides_out_a_postgres_outage(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "daemon.cli.fleetd", "--config", str(cfg), "--log-json"],
                                 stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
-        time.sleep(6)
+        import psycopg
+
+        # Stop the server only once fleetd has migrated and ticked (a loaded machine is slow to start).
+        deadline = time.monotonic() + 90
+        ticked = False
+        while time.monotonic() < deadline and not ticked:
+            time.sleep(1)
+            with psycopg.connect(url.replace("postgresql+psycopg", "postgresql")) as c:
+                ticked = bool(c.execute("SELECT to_regclass('decisions') IS NOT NULL").fetchone()[0]
+                              and c.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+        assert ticked, (tmp_path / "fleetd.log").read_text()[-3000:]
+        time.sleep(2)
         server.stop()
         down = time.monotonic()
         time.sleep(8)
@@ -596,8 +607,6 @@ def test_fleetd_rides_out_a_postgres_outage(tmp_path):
                         "-o", opts, "-w", "-t", "60", "start")
         assert r.returncode == 0, r.stderr
         deadline = time.monotonic() + 60
-        import psycopg
-
         found = None
         while time.monotonic() < deadline and found is None:
             time.sleep(1)
