@@ -5,7 +5,7 @@ Static baselines are sized for the peak, and SkyServe's autoscalers need a
 their own traffic; we give every baseline the best such benchmark there is: the
 same MaxTput table the planner uses (daemon/capacity), at the workload's overall
 request-size mix, at the same utilization target the planner plans for
-(1 / (1 + policy.headroom): 0.83 with the default 20 % headroom). Never the judge.
+(1 / (1 + policy.headroom): 0.71 with the default 40 % headroom). Never the judge.
 
 `peak_rps` is the highest one-window (loop.window_s) request rate of the whole
 trace and `mix` its overall size mix: hindsight a real team only approximates,
