@@ -56,6 +56,10 @@ def test_json_and_streamed_answers_carry_usage(replica):
     chunks = [json.loads(e) for e in events[:-1]]
     assert [c["choices"][0]["delta"]["content"] for c in chunks[:3]] == [" the", " a", " model"]
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["prompt_tokens"] == 4  # forced usage chunk
+    # The replica logs a request once it has sent its end: the client may read [DONE] first.
+    deadline = time.monotonic() + 10
+    while len(log.read_text().splitlines()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     rows = [json.loads(x) for x in log.read_text().splitlines()]
     assert [(x["prompt_tokens"], x["output_tokens"], x["status"]) for x in rows] == [(4, 5, 200), (4, 3, 200)]
 
