@@ -11,7 +11,6 @@ import contextlib
 import http.server
 import json
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -23,6 +22,7 @@ import pytest
 from daemon.domain import BucketGrid
 from daemon.demand.errors import DemandInputError as SourceError
 from daemon.demand.prometheus import PrometheusClient, PrometheusQueries, bucket_shares
+from tests.live_support import free_port
 
 GRID = BucketGrid((0, 256, 1024, 4096, 16384), (0, 64, 256, 1024, 4096))
 # vLLM's 1-2-5 bucket edges (vllm/engine/metrics.py build_1_2_5_buckets)
@@ -89,12 +89,6 @@ def exposition(n: int, prompt: list[int], gen: list[int]) -> str:
     return "\n".join(out) + "\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=2) as r:
         return r.read()
@@ -125,7 +119,7 @@ def start_prometheus(tmp_path, exposition_fn, is_up=lambda: True):
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
@@ -226,7 +220,7 @@ def test_bad_promql_is_a_clear_error(vllm_and_prometheus):
 
 
 def test_unreachable_prometheus_is_a_clear_error():
-    src = PrometheusClient(f"http://127.0.0.1:{_free_port()}", timeout_s=1)
+    src = PrometheusClient(f"http://127.0.0.1:{free_port()}", timeout_s=1)
     with pytest.raises(SourceError, match="failed"):
         src.windows("chat", 0, 120, 60, GRID)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -19,6 +18,7 @@ from daemon.lifecycle import Reason, State
 from daemon.metrics import MAX_VALUES_PER_LABEL, FleetMetrics, TickSample, event_cursor, sample_from_store, start_exporter
 from daemon.store.repo import Store
 from tests.conftest import T0
+from tests.live_support import free_port
 
 SPOT = Offering("aws", "us-east-1", "us-east-1a", "g5.xlarge", "A10G", 1, Market.SPOT, 0.46)
 OD = Offering("aws", "us-east-1", "us-east-1a", "g5.xlarge", "A10G", 1, Market.ON_DEMAND, 1.006)
@@ -127,12 +127,6 @@ def test_names_pass_promtool():
     assert r.returncode == 0 and r.stdout.strip() == b"" and r.stderr.strip() == b"", (r.stdout, r.stderr)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get(url: str) -> bytes:
     with urllib.request.urlopen(url, timeout=2) as r:
         return r.read()
@@ -155,7 +149,7 @@ def test_a_real_prometheus_scrapes_the_exporter(tmp_path):
                              forecast_rps={"chat": 7.5}, observed_rps={"chat": 6.0}))
     exporter = start_exporter(m, "127.0.0.1", 0)
     assert exporter.address[0] == "127.0.0.1"
-    port = _free_port()
+    port = free_port()
     cfg = tmp_path / "prometheus.yml"
     cfg.write_text("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
                    "scrape_configs:\n  - job_name: fleetd\n    static_configs:\n"

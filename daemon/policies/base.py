@@ -160,6 +160,20 @@ class Targets:
             t.add(i.offering)
         return t
 
+    @classmethod
+    def scaled_to(cls, service: str, live: list[FleetInstance], n: int, offers: Iterable[Offering],
+                  unavailable: frozenset[str], now: datetime) -> "Targets":
+        """The live fleet brought to `n` instances: launches on the cheapest available offering,
+        removals in scale-down order (one GPU type's fleet, as the single-type baselines run it)."""
+        t = cls.keep(service, live)
+        if len(live) < n:
+            off = cheapest(offers, unavailable)
+            if off is not None:
+                t.add(off, n - len(live))
+        elif len(live) > n:
+            t.remove(scale_down_order(live, now)[: len(live) - n])
+        return t
+
     def add(self, off: Offering, n: int = 1) -> None:
         self.counts[off.key] += n
         self.offerings.setdefault(off.key, off)

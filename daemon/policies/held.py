@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from daemon.domain import Market, Plan
 from daemon.policies.base import (
-    PolicyDecision, PolicyView, Targets, cheapest, make_plan, one_pool_routes, replicas_for, scale_down_order,
-    sized_forecast,
+    PolicyDecision, PolicyView, Targets, make_plan, one_pool_routes, replicas_for, sized_forecast,
 )
 from daemon.policies.workload import ServiceWorkload
 
@@ -44,15 +43,8 @@ class StaticPolicy:
         for svc in view.cfg.services:
             name = svc.name
             offers = [o for o in view.offerings if o.gpu == self.gpu[name] and o.market is Market.ON_DEMAND]
-            live = view.live(name)
-            t = Targets.keep(name, live)
             n = self.count[name]
-            if len(live) < n:
-                off = cheapest(offers, view.unavailable)
-                if off is not None:
-                    t.add(off, n - len(live))
-            elif len(live) > n:
-                t.remove(scale_down_order(live, view.now)[: len(live) - n])
+            t = Targets.scaled_to(name, view.live(name), n, offers, view.unavailable, view.now)
             pool = offers[0].pool if offers else f"{self.gpu[name]}x1"
             parts.append((t, one_pool_routes(name, pool, grid.n_input)))
             wl = self.workloads[name]

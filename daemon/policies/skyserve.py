@@ -172,14 +172,7 @@ class ReactivePolicy(_SkyServeBase):
             name = svc.name
             target, qps = self._target(view, name)
             offers = _type_offers(view, self.gpu[name], Market.ON_DEMAND)
-            live = view.live(name)
-            t = Targets.keep(name, live)
-            if len(live) < target:
-                off = cheapest(offers, view.unavailable)
-                if off is not None:
-                    t.add(off, target - len(live))
-            elif len(live) > target:
-                t.remove(scale_down_order(live, view.now)[: len(live) - target])
+            t = Targets.scaled_to(name, view.live(name), target, offers, view.unavailable, view.now)
             parts.append((t, one_pool_routes(name, _pool_of(offers, self.gpu[name]), grid.n_input)))
             forecasts[name] = self._forecast(view, name, qps, target)
         return PolicyDecision(make_plan(self.name, parts), forecasts)
