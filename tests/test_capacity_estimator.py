@@ -87,8 +87,13 @@ def test_gqa_models_hold_far_more_tokens_than_mha_ones():
 def test_capacity_falls_with_request_size_and_rises_with_a_looser_slo():
     p = estimate_profile("Llama-2-7B", "A100-80GB", 1, ttft_s=2.0, tpot_ms=120.0, curves=False)
     grid = [[c.max_rps for c in p.cells[i * 4:(i + 1) * 4]] for i in range(4)]
+    # Longer answers cost more from 64 output tokens on (within 1%: the step queue is discrete).
+    # The shortest answers are not the cheapest: their p99 TPOT is one or two steps, and a
+    # step that carries prompts is long (chunked prefill's TPOT spikes), so with long prompts
+    # the 0-64 column may sit below the next one.
     for row in grid:
-        assert all(b <= a for a, b in zip(row, row[1:]))
+        assert all(b <= a * 1.01 for a, b in zip(row[1:], row[2:]))
+    assert grid[2][0] < grid[2][1]  # 1024-4096-token prompts: short answers are TPOT-bound
     for col in range(4):
         assert all(grid[i + 1][col] <= grid[i][col] for i in range(3))
     tight = estimate_profile("Llama-2-7B", "A100-80GB", 1, ttft_s=2.0, tpot_ms=30.0, curves=False)

@@ -21,12 +21,18 @@ on measured per-operator timings (Vidur), assembled into an engine iteration:
 Steady state at an offered rate lam for requests of I prompt and O output tokens
 (Little's law on iterations of length t): B = lam*O*t sequences decode in each
 iteration and p = lam*I*t prompt tokens are prefilled alongside (chunked prefill),
-so t solves t = iteration(B + p, B, B*(I + O/2)). TPOT is t; TTFT is queueing for
-the prefill budget (M/M/1 tail, conservative against Poisson arrivals) plus the
-chunks of the largest prompt in the bucket. The largest lam meeting TPOT, TTFT,
-the KV-cache capacity (B*(I+O) tokens resident), max_num_seqs and the token
-budget is MaxTput. Limits: mean-field (no iteration-to-iteration variance), no
-prefix caching, no speculative decoding, dense models only.
+so t solves t = iteration(B + p, B, B*(I + O/2)): the mean step. The objectives are
+p99s over requests, and those come from the steps' variance, which the mean hides:
+prompts arrive one by one, so a step carries no prefill, or one or several prompts'
+worth up to the budget, and a request with a short answer sees only a few steps
+(right after its own, long, prefill step). `_step_queue` follows the prefill queue
+step by step (a Markov chain with Poisson arrivals per step); its law gives the p99
+TPOT over the bucket's output lengths and the p99 TTFT of the bucket's largest
+prompt. The KV cache must hold the p99 of what the running requests hold. The
+largest lam meeting TPOT, TTFT, the KV cache, max_num_seqs and the token budget is
+MaxTput. Limits: Poisson arrivals (bursts beyond that are the headroom's and the
+forecast's job), prompts of the bucket's mean size in the queue, no prefix caching,
+no speculative decoding, dense models only.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+
+import numpy as np
+from scipy.special import ndtr
 
 from daemon.capacity.hardware import GpuSpec, gpu_spec
 from daemon.capacity.models import ModelArch, model_arch
@@ -179,23 +188,217 @@ class Replica:
         return lin + kv_read + attn_prefill + head + comm + host
 
 
+# ---- the chunked-prefill queue, step by step ----------------------------------------------
+#
+# Mean-field, every step carries the same share of prefill. It does not: prompts arrive one
+# by one (Poisson), so a step carries none, one or several prompts' chunks, and a long step
+# lets more prompts arrive for the next (the queue feeds itself near saturation). A request
+# with few output tokens sees only a few steps, so its TPOT is close to one step's time, and
+# the p99 over requests is set by the long steps, not the mean; a prompt's TTFT is the queue
+# it finds, which is not M/M/1 when service comes in steps. `_step_queue` is that queue as a
+# discrete-time Markov chain at step starts: the state is the prefill work waiting (in chunks),
+# a step takes up to the token budget of it, and the prompts arriving during the step (Poisson
+# at the offered rate over that step's length) join the queue. Its stationary law gives the
+# step-time distribution (TPOT) and the work a prompt finds ahead of it (TTFT). Same
+# `iteration_time` as everywhere; only the arrival process is modelled differently.
+
+TAIL = 0.01  # the SLOs are p99s over requests
+Z99 = 2.326  # standard normal 99th percentile
+_MAX_UNITS_PER_STEP = 8
+_MAX_STATES = 160
+_EXACT_STEPS = 12
+
+
+@dataclass(frozen=True)
+class StepQueue:
+    unit_tokens: float  # prompt tokens one state of the chain stands for
+    per_step: int  # states (units) one step takes: the token budget beside the decodes
+    pi: np.ndarray  # stationary P(queue = q units) at a step start, q = 0..len-1
+    step_s: np.ndarray  # step time when the queue at its start is q units
+    clipped: float  # stationary mass at the last state (the queue ran past what the chain holds)
+    P: np.ndarray  # transition matrix between step starts
+    P_done: np.ndarray  # the same from a step that finished a prompt, that prompt's work excluded
+    taken: np.ndarray  # units of prefill the step starting in state q takes
+
+    def step_law(self) -> tuple[np.ndarray, np.ndarray]:
+        """(step times, probabilities): the law of one step, as a decode token sees it."""
+        return self.step_s, self.pi
+
+    def tpot_survival(self, xs: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
+        """P(TPOT > x) at each x, for a request drawn evenly from `n_steps` (decode steps).
+
+        A request's TPOT is the mean of its n steps. Its steps start right after the step that
+        prefilled it, which (taking prompts) was long and let prompts pile up for the next:
+        the first steps of a request are longer than the stationary law says, and for short
+        answers they are all there is. So step k's law is the chain's law k steps after a
+        prefill step (chosen in proportion to the prompts it carried); the steps are combined
+        as independent draws of those laws: exactly (binned convolution) up to `_EXACT_STEPS`,
+        by the normal approximation beyond, with the stationary law for the later steps."""
+        laws, means, variances = self._mean_laws()
+        st_mean = float(self.pi @ self.step_s)
+        st_var = max(float(self.pi @ (self.step_s - st_mean) ** 2), 0.0)
+        total = np.zeros(len(xs))
+        for n in n_steps:
+            n = int(n)
+            if n <= _EXACT_STEPS:
+                grid, pmf = laws[n - 1]
+                tail = np.concatenate([np.cumsum(pmf[::-1])[::-1], [0.0]])  # P(value >= grid[i])
+                total += tail[np.searchsorted(grid, xs, side="right")]
+                continue
+            mean = (means.sum() + (n - _EXACT_STEPS) * st_mean) / n
+            sd = math.sqrt(variances.sum() + (n - _EXACT_STEPS) * st_var) / n
+            total += (xs < mean).astype(float) if sd <= 0.0 else ndtr((mean - xs) / sd)
+        return total / max(len(n_steps), 1)
+
+    def tpot_p99(self, n_steps: np.ndarray) -> float:
+        xs = np.linspace(float(self.step_s.min()), float(self.step_s.max()), 257)
+        surv = self.tpot_survival(xs, n_steps)
+        k = int(np.argmax(surv <= TAIL))  # survival falls with x; the last point is 0
+        return float(xs[k])
+
+
+    def _mean_laws(self):
+        """([(values, pmf) of the mean of a request's first n steps, n = 1.._EXACT_STEPS] on a
+        128-bin grid, the per-step means, the per-step variances)."""
+        cached = self.__dict__.get("_laws")
+        if cached is not None:
+            return cached
+        t = self.step_s
+        lo, hi = float(t.min()), float(t.max())
+        bins = 128
+        width = max(hi - lo, 1e-12) / (bins - 1)
+        idx = np.rint((t - lo) / width).astype(int)
+        state = self.pi * self.taken
+        state = state / state.sum() if state.sum() > 0 else self.pi
+        laws, means, variances, cur = [], [], [], None
+        for n in range(1, _EXACT_STEPS + 1):
+            state = state @ (self.P_done if n == 1 else self.P)
+            one = np.zeros(bins)
+            np.add.at(one, idx, state)
+            m = float(state @ t)
+            means.append(m)
+            variances.append(max(float(state @ (t - m) ** 2), 0.0))
+            cur = one if cur is None else np.convolve(cur, one)
+            laws.append((lo + np.arange(len(cur)) * width / n, cur))
+        res = (laws, np.array(means), np.array(variances))
+        object.__setattr__(self, "_laws", res)
+        return res
+
+
+def _step_queue(rep: Replica, rate: float, inp: float, b: float, ctx_mean: float, room: float) -> StepQueue:
+    # Prefill work is counted in units of room/K tokens, so a step takes exactly the budget left
+    # beside the decodes (K units) as vLLM fills it, and a prompt adds inp/unit units (split
+    # between the two nearest states when not whole). K shrinks for long prompts so that a few
+    # of them still fit in the chain.
+    K = max(1, min(_MAX_UNITS_PER_STEP, round(16.0 * room / inp)))
+    unit_tok = room / K
+    mu = K
+    per_prompt = inp / unit_tok  # units one prompt adds
+    T = np.array([rep.iteration_time(b + j * unit_tok, b, b * ctx_mean, j * unit_tok * inp / 2.0)
+                  for j in range(mu + 1)])
+    n = int(min(_MAX_STATES, max(48, 16 * mu, 8 * math.ceil(per_prompt))))
+    q = np.arange(n)
+    j = np.minimum(q, mu)
+    lam = rate * T[j]  # mean prompts arriving during the step that starts with q units waiting
+    a_max = int(np.ceil(lam.max() + 8.0 * math.sqrt(lam.max()) + 8))
+    a = np.arange(a_max + 1)
+    # Poisson pmf for each state's step, in logs (a! via lgamma)
+    lg = np.array([math.lgamma(k + 1.0) for k in a])
+    with np.errstate(divide="ignore"):
+        logp = a[None, :] * np.log(np.maximum(lam[:, None], 1e-300)) - lam[:, None] - lg[None, :]
+    pmf = np.exp(logp)
+    pmf /= pmf.sum(axis=1, keepdims=True)
+
+    def transitions(left: np.ndarray) -> np.ndarray:
+        dest = left[:, None] + a[None, :] * per_prompt  # units waiting at the next start
+        lo = np.floor(dest).astype(int)
+        frac = dest - lo
+        M = np.zeros((n, n))
+        rows = np.broadcast_to(q[:, None], dest.shape)
+        np.add.at(M, (rows, np.minimum(lo, n - 1)), pmf * (1.0 - frac))
+        np.add.at(M, (rows, np.minimum(lo + 1, n - 1)), pmf * frac)
+        return M
+
+    P = transitions((q - j).astype(float))
+    # After the step that finished a given prompt, what waits is the others' work only. Steps are
+    # weighed by the work they take (each prompt's work is taken once), so for a prompt longer
+    # than one step its earlier steps count too; what they leave of it (at most the part beyond
+    # one step) is not counted as waiting. For the steps a request decodes in (StepQueue.tpot_*).
+    P_done = transitions(np.maximum(q - j - max(per_prompt - mu, 0.0), 0.0))
+    # stationary law: pi (P - I) = 0, sum pi = 1
+    A = P.T - np.eye(n)
+    A[-1, :] = 1.0
+    rhs = np.zeros(n)
+    rhs[-1] = 1.0
+    try:
+        pi = np.linalg.solve(A, rhs)
+    except np.linalg.LinAlgError:
+        pi = np.full(n, 1.0 / n)
+    pi[pi < 1e-14] = 0.0  # round-off of the solve (it would weigh in _mean_laws at tiny rates)
+    pi /= pi.sum()
+    return StepQueue(unit_tokens=unit_tok, per_step=mu, pi=pi, step_s=T[j], clipped=float(pi[-1]), P=P,
+                     P_done=P_done, taken=j.astype(float))
+
+
+def _ttft_p99(rep: Replica, sq: StepQueue, rate: float, inp: float, b: float, ctx_mean: float, inp_hi: float) -> float:
+    """p99 TTFT of a prompt of `inp_hi` tokens: the step under way when it arrives, then the
+    work waiting at the next step start (half of its step's other arrivals ahead of it) and
+    its own tokens, taken a budget's worth per step."""
+    t, pi = sq.step_s, sq.pi
+    n = len(pi)
+    q = np.arange(n)
+    j = np.minimum(q, sq.per_step)
+    w = pi * t  # arrivals fall in a step in proportion to its length
+    w = w / w.sum()
+    # left over after the step under way, and (on average) half of that step's other arrivals
+    ahead_tok = (q - j) * sq.unit_tokens + rate * t / 2.0 * inp
+    per_step_tok = sq.per_step * sq.unit_tokens
+    t_full = t[-1] if n > sq.per_step else rep.iteration_time(b + per_step_tok, b, b * ctx_mean,
+                                                                per_step_tok * inp_hi / 2.0)
+    total = ahead_tok + inp_hi
+    steps = np.ceil(total / per_step_tok)
+    last = total - (steps - 1) * per_step_tok
+    uniq, back = np.unique(np.round(last, 3), return_inverse=True)
+    t_last = np.array([rep.iteration_time(b + x, b, b * ctx_mean, x * inp_hi / 2.0) for x in uniq])[back]
+    ttft = t + (steps - 1) * t_full + t_last
+    order = np.argsort(ttft)
+    cdf = np.cumsum(w[order])
+    k = int(np.searchsorted(cdf, 1.0 - TAIL))
+    return float(ttft[order[min(k, n - 1)]])
+
+
 @dataclass(frozen=True)
 class SteadyState:
     rate: float
     ok: bool
     reason: str  # "" when within SLO, else the binding limit
-    t_iter: float = math.inf  # mean iteration time = TPOT
+    t_iter: float = math.inf  # mean iteration time (the mean TPOT)
     batch: float = 0.0
     ttft_p99_s: float = math.inf
+    tpot_p99_s: float = math.nan  # p99 over requests of their own TPOT (the step queue's law)
 
     @property
     def tpot_ms(self) -> float:
-        return self.t_iter * 1e3
+        return (self.t_iter if math.isnan(self.tpot_p99_s) else self.tpot_p99_s) * 1e3
+
+
+def _decode_steps(out: float, out_lo: float | None, out_hi: float | None) -> np.ndarray:
+    """Decode steps (output tokens - 1) of requests spread evenly over the bucket; one-token
+    answers have no TPOT."""
+    lo = max(2.0, out if out_lo is None else out_lo)
+    hi = max(lo, out if out_hi is None else out_hi - 1.0)
+    return np.unique(np.round(np.linspace(lo, hi, 24))) - 1.0
 
 
 def steady_state(rep: Replica, rate: float, inp: float, out: float, inp_hi: float, slo_ttft_s: float,
-                 slo_tpot_ms: float) -> SteadyState:
-    """Mean-field operating point at `rate` req/s for requests of mean (inp, out) tokens."""
+                 slo_tpot_ms: float, *, inp_lo: float | None = None, out_lo: float | None = None,
+                 out_hi: float | None = None) -> SteadyState:
+    """Operating point at `rate` req/s for requests of mean (inp, out) tokens.
+
+    The batch and mean step time are mean-field (Little's law, see the module docstring);
+    the p99 TPOT and TTFT come from the step queue (`_step_queue`), and the KV cache is
+    checked at the p99 of what the running requests hold. `inp_lo`, `out_lo`/`out_hi`
+    give the bucket's spread (requests taken evenly over it); without them, a point."""
     eng = rep.engine
     out = max(out, 1.0)
     ctx_mean = inp + out / 2.0
@@ -224,24 +427,29 @@ def steady_state(rep: Replica, rate: float, inp: float, out: float, inp_hi: floa
     p = rate * inp * t
     if b > eng.max_num_seqs:
         return SteadyState(rate, False, "max_num_seqs", t, b)
-    if b * (inp + out) > rep.kv_capacity_tokens:
+    # KV cache: the running requests are ~Poisson(b) in number (M/G/inf), each holding its
+    # prompt and what it has generated so far; vLLM preempts (and recomputes) past the pool,
+    # so the pool must hold the p99 of the total, not its mean.
+    i_lo = inp if inp_lo is None else inp_lo
+    o_lo = out if out_lo is None else max(out_lo, 1.0)
+    o_hi = out if out_hi is None else max(out_hi, o_lo)
+    var_in = (inp_hi - i_lo) ** 2 / 12.0
+    e_out2 = (o_hi - o_lo) ** 2 / 12.0 + out**2
+    e_x = ctx_mean
+    e_x2 = var_in + inp**2 + inp * out + e_out2 / 3.0
+    kv_p99 = b * e_x + Z99 * math.sqrt(max(b * e_x2, 0.0))
+    if kv_p99 > rep.kv_capacity_tokens:
         return SteadyState(rate, False, "kv_cache", t, b)
     room = budget - b  # prompt tokens one iteration can take beside the decodes
     if room <= 0 or p >= room:
         return SteadyState(rate, False, "token_budget", t, b)
-    # Prefill as a server of capacity `room` tokens per iteration (of the length a full one takes).
-    t_full = rep.iteration_time(budget, b, b * ctx_mean, room * inp / 2.0)
-    chunk = min(room, max(p, inp_hi, 1.0))  # the step carrying this prompt also carries the others' backlog
-    t_chunk = rep.iteration_time(b + chunk, b, b * ctx_mean, chunk * inp_hi / 2.0)
-    chunks = math.ceil(max(inp_hi, 1.0) / room)
-    service_mean = max(inp, 1.0) / room * t_full
-    rho = p / room
-    wait_p99 = 0.0
-    if rho > 0.01:
-        wait_p99 = math.log(rho / 0.01) * service_mean / (1.0 - rho)  # M/M/1: P(W > x) = rho e^{-(mu-lam)x}
-    ttft = t + chunks * t_chunk + wait_p99  # wait for the running step, prefill chunks, queue
-    st = SteadyState(rate, True, "", t, b, ttft)
-    if t * 1e3 > slo_tpot_ms:
+    sq = _step_queue(rep, rate, max(inp, 1.0), b, ctx_mean, room)
+    if sq.clipped > 1e-3:  # the prefill queue runs past what the chain holds: unstable or nearly
+        return SteadyState(rate, False, "ttft", t, b)
+    tpot99 = sq.tpot_p99(_decode_steps(out, out_lo, out_hi))
+    ttft = _ttft_p99(rep, sq, rate, max(inp, 1.0), b, ctx_mean, max(inp_hi, 1.0))
+    st = SteadyState(rate, True, "", t, b, ttft, tpot99)
+    if tpot99 * 1e3 > slo_tpot_ms:
         return replace(st, ok=False, reason="tpot")
     if ttft > slo_ttft_s:
         return replace(st, ok=False, reason="ttft")
@@ -260,24 +468,29 @@ def max_rps(rep: Replica, inp_range: tuple[int, int], out_range: tuple[int, int]
     out, out_hi = bucket_points(*out_range)
     if out_hi + inp_hi > rep.kv_capacity_tokens:
         return 0.0, "kv_cache"
-    lone = steady_state(rep, 1e-9, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms)
+    spread = dict(inp_lo=float(inp_range[0]), out_lo=float(out_range[0]), out_hi=float(out_range[1]))
+
+    def at(r: float) -> SteadyState:
+        return steady_state(rep, r, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms, **spread)
+
+    lone = at(1e-9)
     if not lone.ok:
         return 0.0, lone.reason
     # Upper bound: every token of every request costs at least its share of a full-budget iteration.
     per_tok = rep.iteration_time(rep.engine.max_batched_tokens, 1, 0) / rep.engine.max_batched_tokens
     hi = 2.0 / (per_tok * (inp + out))
-    while steady_state(rep, hi, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms).ok:
+    while at(hi).ok:
         hi *= 2.0
     lo = 0.0
-    reason = steady_state(rep, hi, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms).reason
+    reason = at(hi).reason
     for _ in range(40):
         mid = (lo + hi) / 2.0
-        st = steady_state(rep, mid, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms)
+        st = at(mid)
         if st.ok:
             lo = mid
         else:
             hi, reason = mid, st.reason
-        if hi - lo <= 1e-4 * max(hi, 1e-6):
+        if hi - lo <= 1e-3 * max(hi, 1e-6):
             break
     return lo, reason
 
@@ -287,9 +500,10 @@ def _curve(rep: Replica, cell_max: float, inp_range, out_range, slo_ttft_s, slo_
         return []
     inp, inp_hi = bucket_points(*inp_range)
     out, _ = bucket_points(*out_range)
+    spread = dict(inp_lo=float(inp_range[0]), out_lo=float(out_range[0]), out_hi=float(out_range[1]))
     pts = []
     for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5):
-        st = steady_state(rep, cell_max * f, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms)
+        st = steady_state(rep, cell_max * f, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms, **spread)
         if not math.isfinite(st.t_iter):
             continue
         pts.append(CurvePoint(rate_rps=round(cell_max * f, 6), ttft_p99_s=round(st.ttft_p99_s, 6),
