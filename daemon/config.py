@@ -286,6 +286,11 @@ class PolicyConfig(_Model):
     # the planner's MaxTput is a mean-field steady state that bursts and KV-cache swings exceed
     # (see the compare table in docs/compare.md).
     headroom: Num(0, 5) = 0.4
+    # Size for the bursts inside a window: plan at least the rate that keeps a window's worst
+    # burst within the TTFT objective (domain.burst_need), at this quantile over the recent
+    # windows (policy.scale_down_delay_s), as a multiple of each window's mean rate; 0: off.
+    # Sources that count requests without seeing them (Prometheus) give no bursts.
+    burst_quantile: Share = 0.25
     spot: bool = True
     budget_per_hour: Num(0.01, 1e7, unit="$/h") | None = None  # hard cap on the planned fleet's $/h
     max_launches_per_tick: Int(0, 1_000_000) = 10  # 1,000,000: no limit (the Mélange comparison)

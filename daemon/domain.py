@@ -107,6 +107,9 @@ class DemandWindow:
 
     `counts[i][j]` is the number of requests in input bucket i and output bucket j.
     A window that was not observed (collection gap) is absent, never all-zero.
+    `peaks` are ((seconds, req/s), ...): the highest arrival rate over any aligned slice
+    of that many seconds inside the window (BURST_SLICES_S), for sources that see each
+    request; empty when the source only counts (Prometheus). See `burst_need`.
     """
 
     service: str
@@ -115,6 +118,7 @@ class DemandWindow:
     counts: Matrix
     input_tokens: float = 0.0
     output_tokens: float = 0.0
+    peaks: tuple[tuple[float, float], ...] = ()
 
     # Cached: the forecast reads days of windows every tick. (cached_property writes the
     # instance __dict__ directly, so it works on a frozen dataclass.)
@@ -136,6 +140,40 @@ class DemandWindow:
         if total <= 0:
             return None
         return tuple(tuple(c / total for c in row) for row in self.counts)
+
+
+# Slices (seconds) a window's burst peaks are measured over: from one second (what a TTFT
+# objective of a second or two feels) to half a minute (what it does not).
+BURST_SLICES_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def peaks_of_seconds(per_s) -> tuple[tuple[float, float], ...]:
+    """Peaks from request counts per one-second slice of a window."""
+    import numpy as np
+
+    c = np.asarray(per_s, dtype=float)
+    out = []
+    for d in BURST_SLICES_S:
+        k = int(d)
+        m = len(c) // k
+        if m < 2:  # a slice as long as the window says nothing the window's rate does not
+            continue
+        out.append((d, float(c[: m * k].reshape(m, k).sum(axis=1).max()) / d))
+    return tuple(out)
+
+
+def burst_need(w: "DemandWindow", ttft_s: float) -> float | None:
+    """The rate (req/s) a fleet must carry so that the window's worst burst queues for no
+    longer than `ttft_s`; None when the window has no peaks or no requests.
+
+    Fluid bound: a burst at rate R for d seconds into capacity C >= rate leaves (R - C) d
+    requests waiting, the last for (R/C - 1) d seconds; that stays within ttft_s when
+    C >= R d / (d + ttft_s). Short slices weigh little (a queue drains within the TTFT),
+    long ones approach their rate. Poisson noise at low rates stays near the mean.
+    """
+    if not w.peaks or w.requests <= 0:
+        return None
+    return max(max(r * d / (d + ttft_s) for d, r in w.peaks), w.rate)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -284,8 +284,7 @@ def _ending_at(windows: list[DemandWindow], at: datetime) -> list[DemandWindow]:
         return []
     last = max(windows, key=lambda w: w.start)
     shift = at - (last.start + timedelta(seconds=last.seconds))
-    return [DemandWindow(w.service, w.start + shift, w.seconds, w.counts, w.input_tokens, w.output_tokens)
-            for w in windows]
+    return [replace(w, start=w.start + shift) for w in windows]
 
 
 def _sqlite_file(url: str) -> Path | None:

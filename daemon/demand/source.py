@@ -16,7 +16,7 @@ last window end, ...) that only its own kind of source reads.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Protocol, runtime_checkable
 
@@ -123,5 +123,4 @@ class TraceReplay:
         first = aggregate(self.service, self.grid, self.origin, self.window_s, self._t_clock,
                           self.trace.input_tokens, self.trace.output_tokens, 0, min(count, self.n_windows))
         shift = (self.origin - before) + timedelta(seconds=len(first) * self.window_s)
-        return [DemandWindow(w.service, w.start - shift, w.seconds, w.counts, w.input_tokens, w.output_tokens)
-                for w in first]
+        return [replace(w, start=w.start - shift) for w in first]

@@ -32,7 +32,7 @@ from typing import Literal
 from daemon.demand.errors import DemandInputError
 from daemon.demand.request_log import RequestRow, is_compressed, scan
 from daemon.demand.source import DemandPoll, epoch, from_epoch
-from daemon.domain import BucketGrid, DemandWindow
+from daemon.domain import BucketGrid, DemandWindow, peaks_of_seconds
 
 MAX_BYTES_PER_POLL = 64 << 20  # a long outage is caught up over several ticks, not in one read
 # A file is known by its inode and its first bytes: a rotation that deletes the old file lets the
@@ -130,8 +130,11 @@ class RequestLogTail:
         w = self.window_s
         emitted = cur.get("emitted_until")
         last_k = cur.get("last_row_k")
-        partial: dict[int, list] = {int(k): [[list(r) for r in v[0]], v[1], v[2]]
+        # partial window k: [counts, input tokens, output tokens, requests per second of the window
+        # (for its burst peaks; absent in cursors written before there were peaks)]
+        partial: dict[int, list] = {int(k): [[list(r) for r in v[0]], v[1], v[2]] + ([list(v[3])] if len(v) > 3 else [])
                                     for k, v in (cur.get("partial") or {}).items()}
+        n_s = max(int(math.floor(w)), 1)
         floor = now_s - self.backfill_s if (self.backfill_s is not None and emitted is None) else None
         late = 0
         for r in rows:
@@ -143,11 +146,14 @@ class RequestLogTail:
             k = math.floor(r.timestamp / w)
             acc = partial.get(k)
             if acc is None:
-                acc = partial[k] = [[[0.0] * self.grid.n_output for _ in range(self.grid.n_input)], 0.0, 0.0]
+                acc = partial[k] = [[[0.0] * self.grid.n_output for _ in range(self.grid.n_input)], 0.0, 0.0,
+                                    [0] * n_s]
             i, j = self.grid.locate(r.input_tokens, r.output_tokens)
             acc[0][i][j] += 1
             acc[1] += r.input_tokens
             acc[2] += r.output_tokens
+            if len(acc) > 3:
+                acc[3][min(max(int(r.timestamp - k * w), 0), n_s - 1)] += 1
             last_k = k if last_k is None else max(last_k, k)
         finished_k = math.floor((now_s - self.lateness_s) / w) - 1  # last window whose end + lateness passed
         windows: list[DemandWindow] = []
@@ -161,7 +167,8 @@ class RequestLogTail:
                     windows.append(DemandWindow(self.service, from_epoch(k * w), w, zero, 0.0, 0.0))
                 else:
                     windows.append(DemandWindow(self.service, from_epoch(k * w), w,
-                                                tuple(tuple(float(c) for c in row) for row in acc[0]), acc[1], acc[2]))
+                                                tuple(tuple(float(c) for c in row) for row in acc[0]), acc[1], acc[2],
+                                                peaks_of_seconds(acc[3]) if len(acc) > 3 else ()))
             if windows:
                 emitted = (upto + 1) * w
         state = {"emitted_until": emitted, "last_row_k": last_k,

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from daemon.domain import BucketGrid, DemandWindow
+from daemon.domain import BURST_SLICES_S, BucketGrid, DemandWindow, peaks_of_seconds
 
 
 def bucket_indices(grid: BucketGrid, input_tokens: np.ndarray, output_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -45,15 +45,33 @@ def aggregate(
     np.add.at(counts, (k - first_window, bi, bj), 1)
     in_sum = np.bincount(k - first_window, weights=ii, minlength=n_w)
     out_sum = np.bincount(k - first_window, weights=oo, minlength=n_w)
+    peaks = _window_peaks(t[sel] - k * window_s, k - first_window, n_w, window_s)
     out = []
     for w in range(n_w):
         start = origin + timedelta(seconds=(first_window + w) * window_s)
         out.append(DemandWindow(
             service=service, start=start, seconds=window_s,
             counts=tuple(tuple(float(c) for c in row) for row in counts[w]),
-            input_tokens=float(in_sum[w]), output_tokens=float(out_sum[w]),
+            input_tokens=float(in_sum[w]), output_tokens=float(out_sum[w]), peaks=peaks[w],
         ))
     return out
+
+
+def _window_peaks(offsets: np.ndarray, w: np.ndarray, n_w: int, window_s: float) -> list[tuple]:
+    """DemandWindow.peaks of every window at once (offsets: seconds into window w)."""
+    n = int(math.floor(window_s))
+    if n < 2:
+        return [()] * n_w
+    per_s = np.zeros((n_w, n))
+    np.add.at(per_s, (w, np.clip(np.floor(offsets).astype(np.int64), 0, n - 1)), 1.0)
+    cols = []
+    for d in BURST_SLICES_S:
+        kd = int(d)
+        m = n // kd
+        if m < 2:
+            continue
+        cols.append((d, per_s[:, : m * kd].reshape(n_w, m, kd).sum(axis=2).max(axis=1) / d))
+    return [tuple((d, float(v[i])) for d, v in cols) for i in range(n_w)]
 
 
 def windows_from_rows(rows, grid: BucketGrid, window_s: float, service: str, first_k: int | None = None,
@@ -80,12 +98,17 @@ def windows_from_rows(rows, grid: BucketGrid, window_s: float, service: str, fir
     counts = np.zeros((n, grid.n_input, grid.n_output))
     tin = np.zeros(n)
     tout = np.zeros(n)
+    offs, wins = [], []
     for r, k in zip(rows, ks):
         if first_k <= k < last_k:
             i, j = grid.locate(r.input_tokens, r.output_tokens)
             counts[k - first_k, i, j] += 1
             tin[k - first_k] += r.input_tokens
             tout[k - first_k] += r.output_tokens
+            offs.append(r.timestamp - k * window_s)
+            wins.append(k - first_k)
+    peaks = _window_peaks(np.asarray(offs, dtype=float), np.asarray(wins, dtype=np.int64), n, window_s)
     return [DemandWindow(service, datetime.fromtimestamp((first_k + w) * window_s, tz=timezone.utc), window_s,
-                         tuple(tuple(float(c) for c in row) for row in counts[w]), float(tin[w]), float(tout[w]))
+                         tuple(tuple(float(c) for c in row) for row in counts[w]), float(tin[w]), float(tout[w]),
+                         peaks[w])
             for w in range(n)]

@@ -13,7 +13,7 @@ from datetime import datetime
 import structlog
 
 from daemon.config import Config
-from daemon.domain import CapacityTable, DemandForecast, FleetInstance, Offering, Plan
+from daemon.domain import CapacityTable, DemandForecast, FleetInstance, Offering, Plan, burst_need
 from daemon.lifecycle import LIVE, State
 from daemon.plan import PlanInputs, ServiceDemand
 from forecast.baseline import recent_peak
@@ -85,8 +85,35 @@ def forecast_all(cfg: Config, history: dict[str, list], now: datetime,
         details = {**fc.details, "lookahead_rate_rps": rate, "recent_peak_rps": peak.rate_rps}
         if rate > fc.rate_rps:
             details["held_at_recent_peak"] = True
+        burst = burst_factor(hist, now, max(cfg.policy.scale_down_delay_s, cfg.loop.window_s),
+                             svc.slo.ttft_p99_s, cfg.policy.burst_quantile)
+        if burst is not None:
+            details["burst_factor"] = round(burst, 4)
         out[svc.name] = DemandForecast(fc.service, fc.at, fc.horizon_s, rate, fc.mix, fc.method, fc.quantile, details)
     return out
+
+
+def burst_factor(history: list, now: datetime, span_s: float, ttft_s: float, quantile: float) -> float | None:
+    """How much above its mean rate a window's bursts make the fleet carry (pure).
+
+    Per recent window (the last `span_s`), `burst_need` over the window's rate: the capacity
+    that keeps its worst burst queueing within the TTFT objective. The `quantile` over those
+    windows; None when off, or when no recent window saw single requests.
+    """
+    if quantile <= 0:
+        return None
+    since = now.timestamp() - span_s
+    ratios = []
+    for w in history:
+        if w.start_s + w.seconds <= since or w.start_s >= now.timestamp():
+            continue
+        need = burst_need(w, ttft_s)
+        if need is not None:
+            ratios.append(need / w.rate)
+    if not ratios:
+        return None
+    ratios.sort()
+    return max(1.0, ratios[min(len(ratios) - 1, int(quantile * len(ratios)))])
 
 
 def refit_forecasts(cfg: Config, history: dict[str, list], now: datetime, states: dict,
@@ -129,7 +156,8 @@ def build_plan_inputs(cfg: Config, now: datetime, forecasts: dict[str, DemandFor
     return PlanInputs(
         now=now, grid=cfg.buckets.grid(),
         demands=tuple(ServiceDemand(svc.name, forecasts[svc.name], svc.min_replicas, tuple(svc.gpus),
-                                    lookahead_rate_rps=forecasts[svc.name].details.get("lookahead_rate_rps"))
+                                    lookahead_rate_rps=forecasts[svc.name].details.get("lookahead_rate_rps"),
+                                    burst_factor=forecasts[svc.name].details.get("burst_factor") or 1.0)
                       for svc in cfg.services),
         capacity=capacity, offerings=tuple(offerings),
         fleet=tuple(f for f in state.fleet if State(f.state) in LIVE), policy=cfg.policy,
@@ -152,7 +180,9 @@ class PlanBasis:
 def plan_basis(inputs: PlanInputs) -> PlanBasis:
     counts = Counter((i.service, i.offering.key) for i in inputs.fleet)
     return PlanBasis(
-        at=inputs.now, rates={d.service: d.forecast.rate_rps for d in inputs.demands},
+        # the rate the plan carries: a burst factor that moved is demand that moved
+        at=inputs.now, rates={d.service: d.forecast.rate_rps * d.planning_factor(inputs.policy.headroom)
+                              for d in inputs.demands},
         mixes={d.service: d.forecast.mix for d in inputs.demands},
         fleet=tuple(sorted((s, k, n) for (s, k), n in counts.items())), unavailable=inputs.unavailable,
     )

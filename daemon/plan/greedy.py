@@ -78,7 +78,7 @@ def plan_greedy(inputs: PlanInputs) -> Plan:
     cost = 0.0
     current = Counter(i.offering.key for i in inputs.fleet)
     for demand in inputs.demands:
-        rates = tuple(tuple(r * (1 + pol.headroom) for r in row) for row in demand.forecast.cell_rates())
+        rates = tuple(tuple(r * demand.planning_factor(pol.headroom) for r in row) for row in demand.forecast.cell_rates())
         pools = _candidates(inputs, demand)
         best = None
         for pool, offers in sorted(pools.items()):

@@ -507,7 +507,7 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
         rate_raw = sd.forecast.rate_rps
         if not math.isfinite(rate_raw) or rate_raw < 0:
             raise PlanInputError(f"service {sd.service!r}: forecast.rate_rps must be >= 0, got {rate_raw}")
-        rate = rate_raw * (1.0 + policy.headroom)
+        rate = rate_raw * sd.planning_factor(policy.headroom)
         classes = route_classes(tuple(map(tuple, mix)), rate, tputs, cfg.routing)
         usable = [k for k, o in universe.items() if o.pool in tputs and _pool_gpu(o.pool) in sd.allowed_gpus]
         offers = _undominated(sd.service, usable, universe, m, is_frozen, eff_price, inputs.quotas)
@@ -583,7 +583,7 @@ def _plan(inputs: PlanInputs, cfg: SolverConfig, solver_name: str) -> Plan:
         # lookahead peak: capacity a returning peak needs is relaunched at a cost if not kept
         peak = sd.lookahead_rate_rps
         if peak is not None and peak > rate_raw:
-            prate = peak * (1.0 + policy.headroom)
+            prate = peak * sd.planning_factor(policy.headroom)
             pclasses = route_classes(tuple(map(tuple, mix)), prate, tputs, cfg.routing)
             for oi, key in enumerate(offers):
                 o = universe[key]

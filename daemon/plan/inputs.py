@@ -19,6 +19,13 @@ class ServiceDemand:
     # the horizon (None: no dip known). The planner keeps capacity a returning peak will need
     # when tearing it down and relaunching costs more than running it through the dip.
     lookahead_rate_rps: float | None = None
+    # Bursts inside a window, as a multiple of its mean rate the fleet must carry (>= 1;
+    # DemandForecast.details["burst_factor"]). The plan carries the forecast rate times the
+    # larger of this and 1 + policy.headroom.
+    burst_factor: float = 1.0
+
+    def planning_factor(self, headroom: float) -> float:
+        return max(1.0 + headroom, self.burst_factor)
 
 
 @dataclass(frozen=True)

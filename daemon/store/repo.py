@@ -129,7 +129,8 @@ class Store:
                 rows.append({"service": w.service, "window_start": w.start, "window_seconds": w.seconds,
                              "input_bucket": i, "output_bucket": j, "requests": c,
                              "input_tokens": w.input_tokens if k == 0 else 0.0,
-                             "output_tokens": w.output_tokens if k == 0 else 0.0})
+                             "output_tokens": w.output_tokens if k == 0 else 0.0,
+                             "peaks": _peaks_text(w.peaks) if k == 0 else None})
         if rows:
             s.execute(insert(DemandWindowRow), rows)
 
@@ -151,24 +152,26 @@ class Store:
         t = DemandWindowRow
         # Plain column tuples, not ORM objects: this runs every tick over an hour of rows.
         q = select(t.window_start, t.window_seconds, t.input_bucket, t.output_bucket, t.requests,
-                   t.input_tokens, t.output_tokens).where(t.service == service, t.window_start >= since)
+                   t.input_tokens, t.output_tokens, t.peaks).where(t.service == service, t.window_start >= since)
         if until is not None:
             q = q.where(t.window_start < until)
         q = q.order_by(t.window_start)
         acc: dict[datetime, dict] = {}
-        for start, seconds, i, j, n, tin, tout in s.execute(q):
+        for start, seconds, i, j, n, tin, tout, peaks in s.execute(q):
             w = acc.get(start)
             if w is None:
-                w = acc[start] = {"seconds": seconds, "counts": defaultdict(float), "in": 0.0, "out": 0.0}
+                w = acc[start] = {"seconds": seconds, "counts": defaultdict(float), "in": 0.0, "out": 0.0, "peaks": ()}
             if i < grid.n_input and j < grid.n_output:
                 w["counts"][(i, j)] += n
             w["in"] += tin or 0.0
             w["out"] += tout or 0.0
+            if peaks:
+                w["peaks"] = _peaks_of_text(peaks)
         out = []
         for start, w in acc.items():
             counts = tuple(tuple(w["counts"].get((i, j), 0.0) for j in range(grid.n_output))
                            for i in range(grid.n_input))
-            out.append(DemandWindow(service, start, w["seconds"], counts, w["in"], w["out"]))
+            out.append(DemandWindow(service, start, w["seconds"], counts, w["in"], w["out"], w["peaks"]))
         return out
 
     # -- instances ----------------------------------------------------------------
@@ -406,3 +409,15 @@ def hazard_per_location(events: list[EventRow], window: timedelta) -> dict[str, 
     for e in events:
         out[e.location] += 1.0 / hours
     return dict(out)
+
+
+def _peaks_text(peaks: tuple[tuple[float, float], ...]) -> str | None:
+    return ",".join(f"{d:g}:{r:.6g}" for d, r in peaks) or None
+
+
+def _peaks_of_text(text: str) -> tuple[tuple[float, float], ...]:
+    """The stored peaks; a malformed value reads as none (the planner then sizes without bursts)."""
+    try:
+        return tuple((float(d), float(r)) for d, r in (p.split(":") for p in text.split(",")))
+    except ValueError:
+        return ()

@@ -126,6 +126,9 @@ class DemandWindowRow(Base):
     requests: Mapped[float] = mapped_column(Float)
     input_tokens: Mapped[float] = mapped_column(Float, default=0.0)
     output_tokens: Mapped[float] = mapped_column(Float, default=0.0)
+    # The window's burst peaks, "seconds:req/s" pairs (DemandWindow.peaks), on its first row
+    # like the token sums; NULL when the source does not see single requests.
+    peaks: Mapped[str | None] = mapped_column(String(256), nullable=True)
 
 
 class Alert(Base):
