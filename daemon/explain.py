@@ -87,6 +87,9 @@ def explain(r: Reader, decision_id: int) -> dict:
             line += f"; recent peak {_fmt(d['recent_peak_rps'])} req/s"
         if d.get("held_at_recent_peak"):
             line += "; held at the recent peak (scale down slowly)"
+        if d.get("burst_factor") is not None:
+            line += (f"; bursts inside a window need {_fmt(d['burst_factor'])}x the mean rate "
+                     f"(the plan carries the larger of that and 1 + headroom)")
         mix = f.get("mix") or []
         cells = [(v, i, j) for i, rw in enumerate(mix) for j, v in enumerate(rw) if v]
         if cells:
