@@ -147,19 +147,22 @@ class DemandWindow:
 BURST_SLICES_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
-def peaks_of_seconds(per_s) -> tuple[tuple[float, float], ...]:
-    """Peaks from request counts per one-second slice of a window."""
+def peaks_of_seconds(per_s):
+    """Peaks from request counts per one-second slice of a window (1-D: its `peaks`), or of
+    one window per row (2-D: a list of them)."""
     import numpy as np
 
     c = np.asarray(per_s, dtype=float)
-    out = []
+    rows = np.atleast_2d(c)
+    cols = []
     for d in BURST_SLICES_S:
         k = int(d)
-        m = len(c) // k
+        m = rows.shape[1] // k
         if m < 2:  # a slice as long as the window says nothing the window's rate does not
             continue
-        out.append((d, float(c[: m * k].reshape(m, k).sum(axis=1).max()) / d))
-    return tuple(out)
+        cols.append((d, rows[:, : m * k].reshape(len(rows), m, k).sum(axis=2).max(axis=1) / d))
+    out = [tuple((d, float(v[i])) for d, v in cols) for i in range(len(rows))]
+    return out[0] if c.ndim == 1 else out
 
 
 def burst_need(w: "DemandWindow", ttft_s: float) -> float | None:

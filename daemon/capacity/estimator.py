@@ -353,8 +353,7 @@ def _ttft_p99(rep: Replica, sq: StepQueue, rate: float, inp: float, b: float, ct
     # left over after the step under way, and (on average) half of that step's other arrivals
     ahead_tok = (q - j) * sq.unit_tokens + rate * t / 2.0 * inp
     per_step_tok = sq.per_step * sq.unit_tokens
-    t_full = t[-1] if n > sq.per_step else rep.iteration_time(b + per_step_tok, b, b * ctx_mean,
-                                                                per_step_tok * inp_hi / 2.0)
+    t_full = t[-1]  # the chain's last state is past one step's work: a step that takes the whole budget
     total = ahead_tok + inp_hi
     steps = np.ceil(total / per_step_tok)
     last = total - (steps - 1) * per_step_tok

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 
-from daemon.domain import BURST_SLICES_S, BucketGrid, DemandWindow, peaks_of_seconds
+from daemon.domain import BucketGrid, DemandWindow, peaks_of_seconds
 
 
 def bucket_indices(grid: BucketGrid, input_tokens: np.ndarray, output_tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -64,14 +64,7 @@ def _window_peaks(offsets: np.ndarray, w: np.ndarray, n_w: int, window_s: float)
         return [()] * n_w
     per_s = np.zeros((n_w, n))
     np.add.at(per_s, (w, np.clip(np.floor(offsets).astype(np.int64), 0, n - 1)), 1.0)
-    cols = []
-    for d in BURST_SLICES_S:
-        kd = int(d)
-        m = n // kd
-        if m < 2:
-            continue
-        cols.append((d, per_s[:, : m * kd].reshape(n_w, m, kd).sum(axis=2).max(axis=1) / d))
-    return [tuple((d, float(v[i])) for d, v in cols) for i in range(n_w)]
+    return peaks_of_seconds(per_s)
 
 
 def windows_from_rows(rows, grid: BucketGrid, window_s: float, service: str, first_k: int | None = None,
