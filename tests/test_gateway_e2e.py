@@ -10,7 +10,8 @@ Scripted run (times after the bytes-per-token fit; FLEET_GATEWAY_E2E_SCALE stret
   +10 s  scale up: a3 launched (booting: provisioning, its server answers but must get nothing)
   +25 s  a3 running -> added
   +50 s  routing change (table R2)
-  +70 s  l2 SIGKILLed mid-stream (a spot loss); the loop only learns of it 10 s later
+  +69 s  six long streams (bucket 2, L4 only) start, so that l2 is streaming when
+  +70 s  l2 is SIGKILLed mid-stream (a spot loss); the loop only learns of it 10 s later
   +80 s  l2 gone -> removed; l3 launched; +90 s l3 running
   +100 s scale down: a1 draining, synced until drained, then gone and stopped
   +130 s load stops; then the added latency through the gateway is measured (paired, unloaded)
@@ -82,6 +83,8 @@ RATE = float(os.environ.get("FLEET_GATEWAY_E2E_RPS", "25"))
 EDGES = [0, 128, 512, 2048]  # input buckets [0,128) [128,512) [512,...)
 WORDS = {0: (8, 120), 1: (140, 500), 2: (560, 1400)}  # prompt words (= tokens) drawn per true bucket
 MIX = (0.5, 0.3, 0.2)
+LONG_STREAMS = 6  # streams of LONG_TOKENS (about 4 s) running when l2 is killed
+LONG_TOKENS = 500
 A_CONTEXT = 600  # A10G replicas: a small max_model_len; a bucket-2 prompt there is answered 400
 R1 = (Route("chat", 0, "A10Gx1", 0.7), Route("chat", 0, "L4x1", 0.3),
       Route("chat", 1, "A10Gx1", 0.4), Route("chat", 1, "L4x1", 0.6), Route("chat", 2, "L4x1", 1.0))
@@ -281,7 +284,7 @@ async def run_load(url: str, rate: float, until: float, rng: random.Random, out:
         await asyncio.gather(*tasks)
 
 
-def gateway_records(hap: HAProxy, at_least: int = 0, wait_s: float = 5.0):
+def gateway_records(hap: HAProxy, at_least: int = 0, wait_s: float = 30.0):
     """HAProxy's request records; it writes a line once the exchange is over, which may be a moment
     after the client read the last byte: wait up to `wait_s` for `at_least` of them."""
     deadline = time.time() + wait_s
@@ -373,6 +376,8 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
     t_fit = time.time()
     marks: dict[str, float] = {"fit": t_fit}
     syncs: list[SyncResult] = []
+    long_sent: list[Sent] = []
+    long_tasks: list[asyncio.Task] = []
 
     async def script() -> None:
         async def at(offset: float) -> None:
@@ -409,10 +414,25 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
         await at(50)
         r = await sync(R2, "r2")
         assert r.maps_rewritten == (str(Layout.at(cfg.gateway.state_dir).weight_map("chat")),)
-        await at(70)
-        marks["l2_running_at_kill"] = await busy("l2", 2)  # a spot loss at the worst moment: mid-stream
-        marks["kill"] = time.time()
-        fleet.procs.kill("l2")
+        # Long streams (bucket 2: only the L4 pool serves it) so the kill is sure to cut some:
+        # the load's own streams last 30-200 ms, which a loaded machine can outlast between
+        # reading l2's gauge and the kill.
+        await at(69)
+        long_rng = random.Random(15)
+        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as long_client:
+            for _ in range(LONG_STREAMS):
+                words = long_rng.randint(1000, WORDS[2][1])  # well inside bucket 2, whatever its bytes per token
+                s = Sent(uuid.uuid4().hex, 0.0, words, LONG_TOKENS, 2, True)
+                body = {"model": "m", "messages": [{"role": "user", "content": prompt(long_rng, words)}],
+                        "max_tokens": LONG_TOKENS, "stream": True}
+                sent.append(s)
+                long_sent.append(s)
+                long_tasks.append(asyncio.create_task(send(long_client, url, s, body)))
+            await at(70)
+            marks["l2_running_at_kill"] = await busy("l2", 2)  # a spot loss at the worst moment: mid-stream
+            marks["kill"] = time.time()
+            fleet.procs.kill("l2")
+            await asyncio.gather(*long_tasks)
         await at(80)
         fleet.set("l2", "preempted")
         fleet.launch("l3", "L4x1", boot_s=2.0)
@@ -508,9 +528,14 @@ def test_gateway_routes_by_plan_through_fleet_changes(gateway_env):
     report["kill"] = {"requests_running_at_kill": marks["l2_running_at_kill"],
                       "lost_mid_stream": len(failed), "lost_before_streaming": len(not_started),
                       "retried_elsewhere": sum(1 for r in retried if r.status == 200 and r.redispatched)}
-    # The kill hit a busy replica, and it showed: streams cut, or requests sent to it retried
-    # elsewhere (on a loaded machine the streams it held may all have ended in the same instant).
-    assert marks["l2_running_at_kill"] >= 2 and (failed or report["kill"]["retried_elsewhere"] > 0)
+    # The kill hit a busy replica, and it showed: the long streams it was serving were cut after
+    # they had started, and the ones on its peer ended whole.
+    long_on_l2 = [s for s in long_sent if by_id[s.rid].server == "l2"]
+    report["kill"]["long_streams_on_l2"] = len(long_on_l2)
+    assert marks["l2_running_at_kill"] >= 2 and long_on_l2, [(by_id[s.rid].server, s.status) for s in long_sent]
+    assert all(s in failed and s.started for s in long_on_l2), [(s.status, s.error, s.tokens) for s in long_on_l2]
+    assert all(s.status == 200 and s.error is None and s.tokens == LONG_TOKENS
+               for s in long_sent if by_id[s.rid].server != "l2")
 
     # 5. conservative buckets after the fit: nothing past a pool's context, few below their own bucket
     after = [s for s in sent if s.t0 > marks["fit"] + m]
