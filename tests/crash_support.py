@@ -46,7 +46,7 @@ from pathlib import Path
 
 from daemon.crashpoint import POINTS
 from daemon.lifecycle import IllegalTransition, State, check_transition
-from tests.live_support import GRID, RequestWriter, free_port, stored_counts, wait_until
+from tests.live_support import GRID, SERVICE_MODEL, RequestWriter, free_port, stored_counts, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET = 3.0  # $/h: binds at the demand's peak (A10G spot ~$0.46-0.54/h, on-demand $1.006/h)
@@ -92,7 +92,7 @@ drain_timeout_s = 10
 [metrics]
 port = {free_port()}
 [[capacity]]
-model = "meta-llama/Llama-2-7b-hf"
+model = "{SERVICE_MODEL}"  # the services' model, so the fixed table is what the daemon plans on
 gpu = "A10G"
 tputs = [{", ".join([row] * GRID.n_input)}]
 [[services]]
