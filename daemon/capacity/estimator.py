@@ -220,10 +220,6 @@ class StepQueue:
     P_done: np.ndarray  # the same from a step that finished a prompt, that prompt's work excluded
     taken: np.ndarray  # units of prefill the step starting in state q takes
 
-    def step_law(self) -> tuple[np.ndarray, np.ndarray]:
-        """(step times, probabilities): the law of one step, as a decode token sees it."""
-        return self.step_s, self.pi
-
     def tpot_survival(self, xs: np.ndarray, n_steps: np.ndarray) -> np.ndarray:
         """P(TPOT > x) at each x, for a request drawn evenly from `n_steps` (decode steps).
 
@@ -255,7 +251,6 @@ class StepQueue:
         surv = self.tpot_survival(xs, n_steps)
         k = int(np.argmax(surv <= TAIL))  # survival falls with x; the last point is 0
         return float(xs[k])
-
 
     def _mean_laws(self):
         """([(values, pmf) of the mean of a request's first n steps, n = 1.._EXACT_STEPS] on a
@@ -389,6 +384,11 @@ def _decode_steps(out: float, out_lo: float | None, out_hi: float | None) -> np.
     return np.unique(np.round(np.linspace(lo, hi, 24))) - 1.0
 
 
+def _spread(inp_range, out_range) -> dict:
+    """steady_state's bucket spread arguments for a cell of the grid."""
+    return dict(inp_lo=float(inp_range[0]), out_lo=float(out_range[0]), out_hi=float(out_range[1]))
+
+
 def steady_state(rep: Replica, rate: float, inp: float, out: float, inp_hi: float, slo_ttft_s: float,
                  slo_tpot_ms: float, *, inp_lo: float | None = None, out_lo: float | None = None,
                  out_hi: float | None = None) -> SteadyState:
@@ -467,7 +467,7 @@ def max_rps(rep: Replica, inp_range: tuple[int, int], out_range: tuple[int, int]
     out, out_hi = bucket_points(*out_range)
     if out_hi + inp_hi > rep.kv_capacity_tokens:
         return 0.0, "kv_cache"
-    spread = dict(inp_lo=float(inp_range[0]), out_lo=float(out_range[0]), out_hi=float(out_range[1]))
+    spread = _spread(inp_range, out_range)
 
     def at(r: float) -> SteadyState:
         return steady_state(rep, r, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms, **spread)
@@ -499,7 +499,7 @@ def _curve(rep: Replica, cell_max: float, inp_range, out_range, slo_ttft_s, slo_
         return []
     inp, inp_hi = bucket_points(*inp_range)
     out, _ = bucket_points(*out_range)
-    spread = dict(inp_lo=float(inp_range[0]), out_lo=float(out_range[0]), out_hi=float(out_range[1]))
+    spread = _spread(inp_range, out_range)
     pts = []
     for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.25, 1.5):
         st = steady_state(rep, cell_max * f, inp, out, inp_hi, slo_ttft_s, slo_tpot_ms, **spread)
